@@ -1,0 +1,329 @@
+"""AEWin: Axially Expanded Windows for Local-Global Interaction in Vision Transformers
+(Zhang and Gong, arXiv 2209.08726).
+
+The heads of one attention layer are split into three groups that run in parallel on their own
+channels: horizontal-axis heads attend within horizontal stripes (``stripe`` rows spanning the
+width), vertical-axis heads within vertical stripes, and window heads within non-overlapping
+M x M windows (M = ``window``). The paper's split is K/4, K/4, K/2 heads; here the split ratio is
+a searchable option. The group outputs are concatenated and projected. Block:
+x = x + Attn(LN(x)); x = x + MLP(LN(x)). The layout is CSWin's: 7x7 stride-4 conv stem ->
+LayerNorm, a 3x3 stride-2 conv -> LayerNorm between stages, LayerNorm -> pool -> linear head.
+
+No official code or per-variant table was published; the choices the paper leaves open are:
+
+- heads split by channels: group g gets ``width * split[g]`` channels (a whole number) and
+  ``max(1, round(heads * split[g]))`` heads, so CSWin-T's 2 heads of stage 1 become three
+  one-head groups of 16, 16 and 32 channels rather than half heads;
+- position: the window group uses a Swin relative position bias table ((2M-1)^2, heads) and
+  Swin's shifted windows (by M // 2) in every second block; the axial groups use CSWin's LePE, a
+  3x3 depthwise conv on V added to their output (applied to the whole map, where CSWin applies
+  it per stripe), which works at any resolution;
+- stripe width per stage, CSWin's 1, 2, 7, 7 in the ``aewin_t`` preset;
+- maps the window or stripe does not divide are zero-padded on the bottom and right and cropped
+  back; padded keys are masked. A map smaller than the window uses a window of the map's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks.attention import attend
+from blocks.layers import DropPath, LayerNorm2d, Transition, pad_to_multiple
+from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, StageLike
+
+__all__ = [
+    "AEWinBlock",
+    "AEWinOptions",
+    "AEWinStage",
+    "AxialWindowAttention",
+    "NormHead",
+    "PatchStem",
+]
+
+MASKED = -100.0  # Swin's additive mask value
+GROUP_KINDS = ("horizontal", "vertical", "window")
+
+
+class HeadGroup(NamedTuple):
+    kind: str
+    channels: int
+    heads: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AEWinOptions(BlockOptions):
+    """split: channel ratios of the horizontal, vertical and window groups (sum 1);
+    window: window side M; stripe: stripe width of the axial groups."""
+
+    split: tuple[float, float, float] = (0.25, 0.25, 0.5)
+    window: int = 7
+    stripe: int = 1
+
+    def __post_init__(self) -> None:
+        try:
+            split = tuple(float(r) for r in self.split)
+        except (TypeError, ValueError):
+            raise ValueError(f"split must be three numbers, got {self.split!r}") from None
+        object.__setattr__(self, "split", split)
+        if len(split) != 3 or min(split) < 0:
+            raise ValueError(
+                f"split must be three ratios >= 0 (horizontal, vertical, window), got {split}"
+            )
+        if abs(sum(split) - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1, got {split} (sum {sum(split):g})")
+        for name in ("window", "stripe"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def groups(self, width: int, heads: int) -> list[HeadGroup]:
+        """The non-empty head groups of a ``width``-channel, ``heads``-head layer."""
+        out = []
+        for kind, ratio in zip(GROUP_KINDS, self.split, strict=True):
+            if ratio == 0:
+                continue
+            channels = width * ratio
+            group_heads = max(1, round(heads * ratio))
+            if abs(channels - round(channels)) > 1e-6 or round(channels) % group_heads:
+                raise ValueError(
+                    f"split: the {kind} group gets width {width} x {ratio:g} = {channels:g} "
+                    f"channels, which must be a whole number divisible by its {group_heads} heads"
+                )
+            out.append(HeadGroup(kind, round(channels), group_heads))
+        return out
+
+    def check(self, stage: StageLike) -> None:
+        self.groups(stage.width, stage.heads)
+
+
+@STEMS.register("patch")
+class PatchStem(nn.Module):
+    """7x7 conv stride 4 -> LayerNorm (CSWin); output stride 4."""
+
+    stride = 4
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 7, stride=4, padding=2)
+        self.norm = LayerNorm2d(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(pad_to_multiple(x, 4, 4)))
+
+
+@functools.lru_cache(maxsize=64)
+def relative_index(window: int, height: int, width: int) -> Tensor:
+    """Index into the ((2M-1)^2, heads) table of each (query, key) pair of an H x W window."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    coords = torch.stack([rows.flatten(), cols.flatten()])  # (2, N)
+    delta = coords[:, :, None] - coords[:, None, :] + (window - 1)
+    return delta[0] * (2 * window - 1) + delta[1]  # (N, N)
+
+
+@functools.lru_cache(maxsize=64)
+def window_mask(
+    height: int, width: int, window: tuple[int, int], shift: tuple[int, int]
+) -> Tensor | None:
+    """Additive mask (windows, N, N) for a rolled, padded map, or None when nothing is masked.
+
+    Keys from a different region of the rolled map (Swin's shift mask) and padded keys get
+    ``MASKED``.
+    """
+    wh, ww = window
+    hp, wp = -(-height // wh) * wh, -(-width // ww) * ww
+    if shift == (0, 0) and (hp, wp) == (height, width):
+        return None
+
+    def labels(size: int, padded: int, win: int, s: int) -> tuple[Tensor, Tensor]:
+        pos = torch.arange(padded)
+        region = (pos >= padded - win).long() + (pos >= padded - s).long() if s else pos * 0
+        return region, (pos + s) % padded >= size
+
+    region_h, pad_h = labels(height, hp, wh, shift[0])
+    region_w, pad_w = labels(width, wp, ww, shift[1])
+    region = region_h[:, None] * 3 + region_w[None, :]
+    padded = pad_h[:, None] | pad_w[None, :]
+
+    def windows(t: Tensor) -> Tensor:
+        return t.view(hp // wh, wh, wp // ww, ww).transpose(1, 2).reshape(-1, wh * ww)
+
+    region, padded = windows(region), windows(padded)
+    masked = (region[:, :, None] != region[:, None, :]) | padded[:, None, :]
+    return masked.float() * MASKED
+
+
+class AxialWindowAttention(nn.Module):
+    """Horizontal-stripe, vertical-stripe and window heads in parallel on split channels.
+    Maps (B, H, W, C) to itself."""
+
+    def __init__(self, dim: int, heads: int, options: AEWinOptions, *, shift: bool = False) -> None:
+        super().__init__()
+        self.groups = options.groups(dim, heads)
+        self.window = options.window
+        self.stripe = options.stripe
+        self.shift = shift
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.lepe = nn.ModuleDict(
+            {
+                g.kind: nn.Conv2d(g.channels, g.channels, 3, padding=1, groups=g.channels)
+                for g in self.groups
+                if g.kind != "window"
+            }
+        )
+        window_heads = [g.heads for g in self.groups if g.kind == "window"]
+        if window_heads:
+            table = torch.zeros((2 * self.window - 1) ** 2, window_heads[0])
+            self.bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        outs, start = [], 0
+        for group in self.groups:
+            part = slice(start, start + group.channels)
+            start += group.channels
+            qg, kg, vg = q[..., part], k[..., part], v[..., part]
+            if group.kind == "window":
+                outs.append(self.window_attention(qg, kg, vg, group.heads))
+                continue
+            if group.kind == "vertical":
+                qg, kg, vg = (t.transpose(1, 2) for t in (qg, kg, vg))
+            out = self.stripe_attention(qg, kg, vg, group.heads)
+            lepe = self.lepe[group.kind](vg.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            out = out + lepe
+            outs.append(out.transpose(1, 2) if group.kind == "vertical" else out)
+        return self.proj(torch.cat(outs, dim=-1))
+
+    def stripe_attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+        """Attention within horizontal stripes of ``stripe`` rows; (B, H, W, c) -> (B, H, W, c)."""
+        b, h, w, c = q.shape
+        rows = min(self.stripe, h)
+        pad = -h % rows
+        n_stripes = (h + pad) // rows
+
+        def split(t: Tensor) -> Tensor:
+            t = F.pad(t, (0, 0, 0, 0, 0, pad))
+            return t.reshape(b, n_stripes, rows * w, heads, c // heads).transpose(2, 3)
+
+        bias = None
+        if pad:
+            padded = (torch.arange(h + pad, device=q.device) >= h).repeat_interleave(w)
+            bias = (padded.view(n_stripes, 1, 1, rows * w).to(q.dtype)) * MASKED
+        out = attend(split(q), split(k), split(v), bias)  # (B, S, heads, rows*W, d)
+        out = out.transpose(2, 3).reshape(b, h + pad, w, c)
+        return out[:, :h]
+
+    def window_attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+        """Attention within (shifted) windows with a relative position bias; (B, H, W, c)."""
+        b, h, w, c = q.shape
+        wh, ww = min(self.window, h), min(self.window, w)
+        shift = (wh // 2 if self.shift and h > wh else 0, ww // 2 if self.shift and w > ww else 0)
+        hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+
+        def split(t: Tensor) -> Tensor:
+            t = F.pad(t, (0, 0, 0, wp - w, 0, hp - h))
+            if shift != (0, 0):
+                t = torch.roll(t, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+            t = t.reshape(b, hp // wh, wh, wp // ww, ww, heads, c // heads)
+            return t.permute(0, 1, 3, 5, 2, 4, 6).reshape(b, -1, heads, wh * ww, c // heads)
+
+        index = relative_index(self.window, wh, ww).to(q.device)
+        bias = self.bias_table[index].permute(2, 0, 1)  # (heads, N, N)
+        mask = window_mask(h, w, (wh, ww), shift)
+        if mask is not None:
+            bias = bias + mask.to(q.device)[:, None]  # (windows, heads, N, N)
+        out = attend(split(q), split(k), split(v), bias)  # (B, windows, heads, N, d)
+        out = out.view(b, hp // wh, wp // ww, heads, wh, ww, c // heads)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)
+        if shift != (0, 0):
+            out = torch.roll(out, shifts=shift, dims=(1, 2))
+        return out[:, :h, :w]
+
+
+class AEWinBlock(nn.Module):
+    """x = x + Attn(LN(x)); x = x + MLP(LN(x)). Maps (B, C, H, W) to itself."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        options: AEWinOptions,
+        *,
+        shift: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = AxialWindowAttention(dim, heads, options, shift=shift)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.permute(0, 2, 3, 1)
+        t = t + self.drop_path(self.attn(self.norm1(t)))
+        t = t + self.drop_path(self.mlp(self.norm2(t)))
+        return t.permute(0, 3, 1, 2)
+
+
+@BLOCKS.register("aewin")
+class AEWinStage(nn.Module):
+    """3x3 stride-2 conv -> LayerNorm, then ``depth`` AEWin blocks, windows shifted in every
+    second block."""
+
+    options_type = AEWinOptions
+    emits_tokens = False
+
+    def __init__(
+        self,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        feature_size: int,
+        drop_path: list[float],
+        tokens_in: bool = False,
+    ) -> None:
+        super().__init__()
+        self.transition = Transition(in_width, spec.width, stride=stride, kernel=3)
+        self.blocks = nn.Sequential(
+            *(
+                AEWinBlock(
+                    spec.width,
+                    spec.heads,
+                    spec.mlp_ratio,
+                    spec.options,
+                    shift=i % 2 == 1,
+                    drop_path=rate,
+                )
+                for i, rate in enumerate(drop_path)
+            )
+        )
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
+        return self.blocks(self.transition(x)), None
+
+
+@HEADS.register("norm")
+class NormHead(nn.Module):
+    """LayerNorm -> global average pool -> dropout -> linear (Swin, CSWin)."""
+
+    def __init__(
+        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(last.width)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(last.width, num_classes)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        x = self.norm(x.permute(0, 2, 3, 1)).mean(dim=(1, 2))
+        return self.fc(self.dropout(x))

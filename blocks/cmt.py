@@ -1,0 +1,241 @@
+"""CMT: Convolutional Neural Networks Meet Vision Transformers (Guo et al., CVPR 2022,
+arXiv 2107.06263).
+
+Follows the official code (huawei-noah/Efficient-AI-Backbones, cmt_pytorch/cmt.py):
+
+- stem: 3x3 conv stride 2 -> GELU -> BN, then twice 3x3 conv -> GELU -> BN (activation before BN);
+- each stage opens with a 2x2 stride-2 conv -> LayerNorm ("patch aggregation");
+- block: LPU x = x + DWConv3x3(x); x = x + LMHSA(LN(x)); x = x + IRFFN(LN(x)) (LN eps 1e-6);
+- LMHSA: separate q, k, v linears with bias; for reduction k > 1, K and V come from a k x k
+  depthwise conv of stride k followed by BatchNorm; logits = q k^T / sqrt(d) + B;
+- the relative position bias B is the official full table of shape (heads, n, n / k^2) per stage,
+  shared by the stage's blocks (not a Swin-style displacement table). It is sized for the
+  genotype's resolution; at another input size it is resized bicubically over the query grid and
+  the key grid, so one model runs at any size;
+- IRFFN: 1x1 conv (expand R) -> GELU -> BN, h = DWConv3x3(h) + h -> GELU -> BN, 1x1 conv -> BN;
+- head: 1x1 conv to 1280 -> BN -> Swish -> global average pool -> dropout -> linear.
+
+The paper's complexity of one block with R = 4 is 10nd^2(1 + 0.2/k^2) + 2n^2d/k^2 + 45nd MACs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks.attention import attend, merge_heads, split_heads
+from blocks.layers import (
+    DropPath,
+    LayerNorm2d,
+    Transition,
+    map_to_tokens,
+    pad_to_multiple,
+    tokens_to_map,
+)
+from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, StageLike
+
+__all__ = ["CMTBlock", "CMTOptions", "CMTStage", "CMTStem", "ConvHead"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CMTOptions(BlockOptions):
+    """kv_reduction: the k of LMHSA; K and V are computed on a map k times smaller per side."""
+
+    kv_reduction: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kv_reduction, int) or self.kv_reduction < 1:
+            raise ValueError(f"kv_reduction must be an integer >= 1, got {self.kv_reduction!r}")
+
+
+@STEMS.register("cmt")
+class CMTStem(nn.Module):
+    """3x3 conv stride 2 -> GELU -> BN, then two [3x3 conv -> GELU -> BN]; output stride 2."""
+
+    stride = 2
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(3):
+            layers += [
+                nn.Conv2d(3 if i == 0 else width, width, 3, stride=2 if i == 0 else 1, padding=1),
+                nn.GELU(),
+                nn.BatchNorm2d(width),
+            ]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+Grid = tuple[int, int]
+
+
+def resize_relative_bias(table: Tensor, old: tuple[Grid, Grid], new: tuple[Grid, Grid]) -> Tensor:
+    """Resize a (heads, Hq*Wq, Hk*Wk) bias table from ``old`` (query grid, key grid) to ``new``.
+
+    The table is read as 4-D (query row, query column, key row, key column) and interpolated
+    bicubically over the query grid, then over the key grid.
+    """
+    heads = table.shape[0]
+    (hq0, wq0), (hk0, wk0) = old
+    query, key = new
+    t = table.reshape(heads, hq0, wq0, hk0 * wk0).permute(0, 3, 1, 2)  # (h, nk0, Hq0, Wq0)
+    t = F.interpolate(t, size=query, mode="bicubic", align_corners=False)
+    t = t.permute(0, 2, 3, 1).reshape(heads * query[0] * query[1], 1, hk0, wk0)
+    t = F.interpolate(t, size=key, mode="bicubic", align_corners=False)
+    return t.reshape(heads, query[0] * query[1], key[0] * key[1])
+
+
+class LocalPerceptionUnit(nn.Module):
+    """LPU(x) = DWConv3x3(x) + x."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x)
+
+
+class LightweightAttention(nn.Module):
+    """LMHSA: multi-head attention whose keys and values come from a k-times reduced map."""
+
+    def __init__(self, dim: int, heads: int, kv_reduction: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.kv_reduction = kv_reduction
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        if kv_reduction > 1:
+            self.reduce = nn.Sequential(
+                nn.Conv2d(dim, dim, kv_reduction, stride=kv_reduction, groups=dim),
+                nn.BatchNorm2d(dim),
+            )
+
+    def kv_grid(self, height: int, width: int) -> tuple[int, int]:
+        k = self.kv_reduction
+        return -(-height // k), -(-width // k)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        tokens = map_to_tokens(x)
+        if self.kv_reduction > 1:
+            kv = map_to_tokens(
+                self.reduce(pad_to_multiple(x, self.kv_reduction, self.kv_reduction))
+            )
+        else:
+            kv = tokens
+        q, k, v = (split_heads(t, self.heads) for t in (self.q(tokens), self.k(kv), self.v(kv)))
+        return tokens_to_map(self.proj(merge_heads(attend(q, k, v, bias))), h, w)
+
+
+class InvertedResidualFFN(nn.Module):
+    """IRFFN: 1x1 conv -> GELU -> BN, h + DWConv3x3(h) -> GELU -> BN, 1x1 conv -> BN."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.BatchNorm2d(hidden))
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = nn.Sequential(nn.GELU(), nn.BatchNorm2d(hidden))
+        self.reduce = nn.Sequential(nn.Conv2d(hidden, dim, 1), nn.BatchNorm2d(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.expand(x)
+        h = self.act(h + self.dwconv(h))
+        return self.reduce(h)
+
+
+class CMTBlock(nn.Module):
+    """x = LPU(x); x = x + LMHSA(LN(x)); x = x + IRFFN(LN(x)). Maps (B, C, H, W) to itself."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        kv_reduction: int,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.lpu = LocalPerceptionUnit(dim)
+        self.norm1 = LayerNorm2d(dim, eps=1e-6)
+        self.attn = LightweightAttention(dim, heads, kv_reduction)
+        self.norm2 = LayerNorm2d(dim, eps=1e-6)
+        self.ffn = InvertedResidualFFN(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        x = self.lpu(x)
+        x = x + self.drop_path(self.attn(self.norm1(x), bias))
+        return x + self.drop_path(self.ffn(self.norm2(x)))
+
+
+@BLOCKS.register("cmt")
+class CMTStage(nn.Module):
+    """2x2 stride-2 patch aggregation, then ``depth`` CMT blocks sharing one position-bias table."""
+
+    options_type = CMTOptions
+    emits_tokens = False
+
+    def __init__(
+        self,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        feature_size: int,
+        drop_path: list[float],
+        tokens_in: bool = False,
+    ) -> None:
+        super().__init__()
+        k = spec.options.kv_reduction
+        self.transition = Transition(in_width, spec.width, stride=stride, kernel=2)
+        self.blocks = nn.ModuleList(
+            CMTBlock(spec.width, spec.heads, spec.mlp_ratio, k, rate) for rate in drop_path
+        )
+        self.grid_query = (feature_size, feature_size)
+        self.grid_key = self.blocks[0].attn.kv_grid(feature_size, feature_size)
+        n_query = feature_size * feature_size
+        n_key = self.grid_key[0] * self.grid_key[1]
+        self.relative_bias = nn.Parameter(torch.randn(spec.heads, n_query, n_key))
+
+    def bias_for(self, height: int, width: int) -> Tensor:
+        """The stage's bias table for an (height, width) map, resized if the size differs."""
+        grid_key = self.blocks[0].attn.kv_grid(height, width)
+        if (height, width) == self.grid_query and grid_key == self.grid_key:
+            return self.relative_bias
+        old = (self.grid_query, self.grid_key)
+        return resize_relative_bias(self.relative_bias, old, ((height, width), grid_key))
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
+        x = self.transition(x)
+        bias = self.bias_for(x.shape[-2], x.shape[-1])
+        for block in self.blocks:
+            x = block(x, bias)
+        return x, None
+
+
+@HEADS.register("conv")
+class ConvHead(nn.Module):
+    """1x1 conv to ``width`` -> BN -> Swish -> global average pool -> dropout -> linear (CMT)."""
+
+    def __init__(
+        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(last.width, width, 1)
+        self.norm = nn.BatchNorm2d(width)
+        self.act = nn.SiLU()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        x = self.act(self.norm(self.conv(x)))
+        return self.fc(self.dropout(x.mean(dim=(2, 3))))

@@ -1,0 +1,216 @@
+"""CoTNet: Contextual Transformer Networks for Visual Recognition (Li et al., TPAMI 2022,
+arXiv 2107.12292).
+
+Follows the official code (JDAI-CV/CoTNet, models/cotnet.py). A CoT layer replaces the 3x3 conv
+of a ResNet bottleneck; with input x of C channels and kernel k:
+
+- static context K1 = ReLU(BN(k x k conv(x), groups 4));
+- attention weights from [x, K1]: 1x1 conv 2C -> C/2, BN, ReLU, 1x1 conv -> k^2 * C/8 (with
+  bias), GroupNorm with C/8 groups: one k x k weight per pixel for each of C/8 channel groups,
+  channel c using group c mod C/8 (the official interleaved sharing);
+- value V = BN(1x1 conv(x)); dynamic context K2 = Swish(BN(local aggregation of V));
+- output: radix-2 split attention over [K2, K1] (global pool of K1 + K2, 1x1 conv C ->
+  max(C/2, 32), BN, ReLU, 1x1 conv -> 2C, softmax over the two branches).
+
+The bottleneck is 1x1 conv -> BN -> ReLU, [3x3 average pool stride 2 in a stride-2 block], CoT
+layer (no BN or ReLU after it), 1x1 conv -> BN (zero-initialised), plus a shortcut (1x1 conv of
+the block's stride -> BN when the shape changes), then ReLU. CoTNet-50 is ResNet-50 (7x7 stem,
+max pool, 3/4/6/3 bottlenecks of widths 256/512/1024/2048) with every 3x3 conv replaced.
+
+The local aggregation is written as an ``einsum`` so that its multiply-accumulates are counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks.layers import DropPath
+from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, StageLike
+
+__all__ = ["CoTBottleneck", "CoTLayer", "CoTOptions", "CoTStage", "PoolHead", "ResNetStem"]
+
+SHARE_PLANES = 8  # channels sharing one aggregation weight
+KEY_GROUPS = 4  # groups of the static-context conv
+
+
+@dataclasses.dataclass(frozen=True)
+class CoTOptions(BlockOptions):
+    """kernel: the k x k neighbourhood of the static context and of the local aggregation."""
+
+    kernel: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kernel, int) or self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be an odd integer >= 1, got {self.kernel!r}")
+
+    def check(self, stage: StageLike) -> None:
+        if stage.heads != 1:
+            raise ValueError(
+                f"heads must be 1 for a cot stage (it has no heads), got {stage.heads}"
+            )
+        mid = stage.width / stage.mlp_ratio
+        if mid != int(mid) or int(mid) % SHARE_PLANES:
+            raise ValueError(
+                f"width / mlp_ratio (the bottleneck width) must be a whole multiple of "
+                f"{SHARE_PLANES}, got {stage.width} / {stage.mlp_ratio} = {mid:g}"
+            )
+
+
+@STEMS.register("resnet")
+class ResNetStem(nn.Module):
+    """7x7 conv stride 2 -> BN -> ReLU -> 3x3 max pool stride 2; output stride 4."""
+
+    stride = 4
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.norm = nn.BatchNorm2d(width)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(F.relu(self.norm(self.conv(x))))
+
+
+class CoTLayer(nn.Module):
+    """Contextual Transformer layer: static context from a k x k conv, dynamic context from
+    attention weights computed on [x, static context], fused by split attention."""
+
+    def __init__(self, dim: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.key_embed = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=KEY_GROUPS, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True),
+        )
+        groups = dim // SHARE_PLANES
+        self.embed = nn.Sequential(
+            nn.Conv2d(2 * dim, dim // 2, 1, bias=False),
+            nn.BatchNorm2d(dim // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(dim // 2, kernel * kernel * groups, 1),
+            nn.GroupNorm(groups, kernel * kernel * groups),
+        )
+        self.value = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.dynamic_norm = nn.BatchNorm2d(dim)
+        attn_width = max(dim // 2, 32)
+        self.split_attention = nn.Sequential(
+            nn.Conv2d(dim, attn_width, 1),
+            nn.BatchNorm2d(attn_width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(attn_width, 2 * dim, 1),
+        )
+
+    def aggregate(self, value: Tensor, weights: Tensor) -> Tensor:
+        """Per-pixel k x k weighted sum of ``value`` (B, C, H, W) with ``weights``
+        (B, C/8 * k^2, H, W); channel c uses weight group c mod C/8."""
+        b, c, h, w = value.shape
+        k2 = self.kernel * self.kernel
+        groups = c // SHARE_PLANES
+        patches = F.unfold(value, self.kernel, padding=self.kernel // 2)  # (B, C * k^2, H*W)
+        patches = patches.view(b, SHARE_PLANES, groups, k2, h * w)
+        out = torch.einsum("bsgkn,bgkn->bsgn", patches, weights.view(b, groups, k2, h * w))
+        return out.reshape(b, c, h, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        static = self.key_embed(x)
+        weights = self.embed(torch.cat([x, static], dim=1))
+        dynamic = F.silu(self.dynamic_norm(self.aggregate(self.value(x), weights)))
+        pooled = (dynamic + static).mean(dim=(2, 3), keepdim=True)
+        b, c = x.shape[:2]
+        attn = self.split_attention(pooled).view(b, c, 2).softmax(dim=-1)
+        attn = attn.view(b, c, 2, 1, 1)
+        return dynamic * attn[:, :, 0] + static * attn[:, :, 1]
+
+
+class CoTBottleneck(nn.Module):
+    """ResNet bottleneck whose 3x3 conv is a CoT layer. Maps (B, C_in, H, W) to
+    (B, C, ceil(H/s), ceil(W/s))."""
+
+    def __init__(
+        self,
+        in_width: int,
+        width: int,
+        mid: int,
+        *,
+        stride: int = 1,
+        kernel: int = 3,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.reduce = nn.Sequential(
+            nn.Conv2d(in_width, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)
+        )
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1) if stride > 1 else nn.Identity()
+        self.cot = CoTLayer(mid, kernel)
+        self.expand = nn.Sequential(nn.Conv2d(mid, width, 1, bias=False), nn.BatchNorm2d(width))
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_width != width:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_width, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
+            )
+        self.drop_path = DropPath(drop_path)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.expand[1].weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.expand(self.cot(self.pool(self.reduce(x))))
+        return F.relu(self.shortcut(x) + self.drop_path(out))
+
+
+@BLOCKS.register("cot")
+class CoTStage(nn.Module):
+    """``depth`` CoT bottlenecks; the first one changes width and stride."""
+
+    options_type = CoTOptions
+    emits_tokens = False
+
+    def __init__(
+        self,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        feature_size: int,
+        drop_path: list[float],
+        tokens_in: bool = False,
+    ) -> None:
+        super().__init__()
+        mid = int(spec.width / spec.mlp_ratio)
+        self.blocks = nn.Sequential(
+            *(
+                CoTBottleneck(
+                    in_width if i == 0 else spec.width,
+                    spec.width,
+                    mid,
+                    stride=stride if i == 0 else 1,
+                    kernel=spec.options.kernel,
+                    drop_path=rate,
+                )
+                for i, rate in enumerate(drop_path)
+            )
+        )
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
+        return self.blocks(x), None
+
+
+@HEADS.register("pool")
+class PoolHead(nn.Module):
+    """Global average pool -> dropout -> linear (ResNet)."""
+
+    def __init__(
+        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(last.width, num_classes)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        return self.fc(self.dropout(x.mean(dim=(2, 3))))

@@ -1,0 +1,311 @@
+"""Dual Vision Transformer (Yao et al., TPAMI 2023, arXiv 2207.04976).
+
+Follows the official code (YehLi/ImageNetModel, classification/dualvit.py). Two paths: the pixel
+tokens x of the feature map and m semantic tokens z (m = 64) of the same width.
+
+- semantic tokens are made once, from the first Dual stage's map: m learnable queries attend
+  (one head) to the map average-pooled to a sqrt(m) x sqrt(m) grid, and the result is fused with
+  the pooled tokens by a two-branch softmax gate, then LayerNorm. Later Dual stages receive them
+  through LayerNorm -> Linear(d_prev, d) -> LayerNorm (the official closing LayerNorm of the
+  previous stage is applied here, by the stage that uses the tokens);
+- Dual block (``mode="dual"``): z += SelfAttn(z); z += CrossAttn(q=z, kv=x); z += MLP(z) (ReLU,
+  4d); x += CrossAttn(q=x, kv=z); x += FFN(x), with FFN = fc -> DWConv3x3 -> GELU -> fc. The
+  semantic attentions have no output projection; residuals on x and z carry a layer scale (1e-6);
+  the pixel path costs O(nmd) rather than O(n^2 d);
+- Merge block (``mode="merge"``): MHSA over [x; z], then the FFN above for x and
+  Linear(d, 2d) -> GELU -> Linear(2d, d) for z;
+- stem: 7x7 conv stride 2 -> BN -> ReLU, two [3x3 conv -> BN -> ReLU]; each stage then opens
+  with a 3x3 stride-2 conv -> LayerNorm and ends with LayerNorm on x;
+- head: a class token (the mean of all pixel and semantic tokens) passes one class-attention
+  block (CaiT) over all tokens, then LayerNorm and the classifier. The auxiliary token-labelling
+  head of the paper is not built.
+
+Deviations, for readers comparing with the official code: the official stage 3 alternates MLP
+ratios 4 and 3 (the ``dualvit_s`` preset uses the average, 3.5, which gives the same parameters and
+MACs); the official last stage has no closing LayerNorm on x (ours has one, 2d parameters); at a map
+that is not 8x8 after pooling we pool adaptively to the fixed sqrt(m) grid instead of resizing the
+queries, so the number of semantic tokens never depends on the input size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks.attention import attend, merge_heads, split_heads
+from blocks.layers import DropPath, Transition, map_to_tokens, tokens_to_map
+from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, StageLike
+
+__all__ = [
+    "ClassAttentionHead",
+    "DualBlock",
+    "DualOptions",
+    "DualStage",
+    "DualStem",
+    "MergeBlock",
+    "SemanticTokens",
+]
+
+LAYER_SCALE = 1e-6
+MODES = ("dual", "merge")
+
+
+@dataclasses.dataclass(frozen=True)
+class DualOptions(BlockOptions):
+    """tokens: number of semantic tokens m (a square); mode: "dual" blocks or "merge" blocks."""
+
+    tokens: int = 64
+    mode: str = "dual"
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.tokens, int)
+            or self.tokens < 1
+            or math.isqrt(self.tokens) ** 2 != self.tokens
+        ):
+            raise ValueError(
+                f"tokens must be a square number >= 1 (a pooled grid), got {self.tokens!r}"
+            )
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+    def check_follows(self, previous: StageLike) -> None:
+        if previous.block == "dual" and previous.options.tokens != self.tokens:
+            raise ValueError(
+                f"tokens ({self.tokens}) must equal the previous dual stage's tokens "
+                f"({previous.options.tokens}): semantic tokens flow between consecutive dual stages"
+            )
+
+
+@STEMS.register("dual")
+class DualStem(nn.Module):
+    """7x7 conv stride 2 -> BN -> ReLU, then two [3x3 conv -> BN -> ReLU]; output stride 2."""
+
+    stride = 2
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(3):
+            conv = (
+                nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+                if i == 0
+                else nn.Conv2d(width, width, 3, padding=1, bias=False)
+            )
+            layers += [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class SemanticTokens(nn.Module):
+    """Make m semantic tokens from a (B, C, H, W) map: learnable queries attend to the pooled
+    map, gated against the pooled tokens themselves."""
+
+    def __init__(self, dim: int, tokens: int) -> None:
+        super().__init__()
+        self.grid = math.isqrt(tokens)
+        self.queries = nn.Parameter(torch.zeros(tokens, dim))
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.query_embed = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.gate = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 2 * dim)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[:2]
+        pooled = map_to_tokens(F.adaptive_avg_pool2d(x, self.grid))  # (B, m, C)
+        k, v = self.kv(pooled).chunk(2, dim=-1)
+        q = self.query_embed(self.queries).expand(b, -1, -1)
+        attended = attend(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        branches = torch.stack([attended, pooled], dim=2)  # (B, m, 2, C)
+        gate = self.gate(branches.sum(dim=2).mean(dim=1)).view(b, 2, c).softmax(dim=1)
+        return self.norm((branches * gate.unsqueeze(1)).sum(dim=2))
+
+
+class PixelFFN(nn.Module):
+    """fc -> DWConv3x3 -> GELU -> fc on (B, N, C) tokens of an H x W map (PVTv2's FFN)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, height: int, width: int) -> Tensor:
+        h = tokens_to_map(self.fc1(x), height, width)
+        return self.fc2(F.gelu(map_to_tokens(self.dwconv(h))))
+
+
+class DualAttention(nn.Module):
+    """The semantic path (self-attention, cross-attention to pixels, MLP) then pixels attending
+    to the updated semantic tokens. Returns (pixel update, new semantic tokens)."""
+
+    def __init__(self, dim: int, heads: int, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.semantic_qkv = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 3 * dim))
+        self.semantic_q_norm = nn.LayerNorm(dim)
+        self.semantic_q = nn.Linear(dim, dim)
+        self.pixel_kv = nn.Linear(dim, 2 * dim)
+        self.semantic_mlp = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, 4 * dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(4 * dim, dim),
+        )
+        self.gammas = nn.Parameter(torch.full((3, dim), LAYER_SCALE))
+        self.kv_norm = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.heads
+        q, k, v = (split_heads(t, h) for t in self.semantic_qkv(z).chunk(3, dim=-1))
+        z = z + self.drop_path(self.gammas[0] * merge_heads(attend(q, k, v)))
+        q = split_heads(self.semantic_q(self.semantic_q_norm(z)), h)
+        k, v = (split_heads(t, h) for t in self.pixel_kv(x).chunk(2, dim=-1))
+        z = z + self.drop_path(self.gammas[1] * merge_heads(attend(q, k, v)))
+        z = z + self.drop_path(self.gammas[2] * self.semantic_mlp(z))
+        k, v = (split_heads(t, h) for t in self.kv(self.kv_norm(z)).chunk(2, dim=-1))
+        out = self.proj(merge_heads(attend(split_heads(self.q(x), h), k, v)))
+        return out, z
+
+
+class DualBlock(nn.Module):
+    """Dual block for high-resolution stages: maps ((B, C, H, W), (B, m, C)) to the same shapes."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = DualAttention(dim, heads, drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = PixelFFN(dim, int(dim * mlp_ratio))
+        self.gammas = nn.Parameter(torch.full((2, dim), LAYER_SCALE))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        height, width = x.shape[-2:]
+        t = map_to_tokens(x)
+        update, z = self.attn(self.norm1(t), z)
+        t = t + self.drop_path(self.gammas[0] * update)
+        t = t + self.drop_path(self.gammas[1] * self.ffn(self.norm2(t), height, width))
+        return tokens_to_map(t, height, width), z
+
+
+class MergeBlock(nn.Module):
+    """Merge block for low-resolution stages: MHSA over [x; z], then separate FFNs."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = PixelFFN(dim, int(dim * mlp_ratio))
+        self.semantic_ffn = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        )
+        self.gammas = nn.Parameter(torch.full((2, dim), LAYER_SCALE))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        height, width = x.shape[-2:]
+        n = height * width
+        t = torch.cat([map_to_tokens(x), z], dim=1)
+        s = self.norm1(t)
+        k, v = (split_heads(u, self.heads) for u in self.kv(s).chunk(2, dim=-1))
+        attn = merge_heads(attend(split_heads(self.q(s), self.heads), k, v))
+        t = t + self.drop_path(self.gammas[0] * self.proj(attn))
+        s = self.norm2(t)
+        ffn = torch.cat([self.ffn(s[:, :n], height, width), self.semantic_ffn(s[:, n:])], dim=1)
+        t = t + self.drop_path(self.gammas[1] * ffn)
+        return tokens_to_map(t[:, :n], height, width), t[:, n:]
+
+
+@BLOCKS.register("dual")
+class DualStage(nn.Module):
+    """3x3 stride-2 conv -> LayerNorm, semantic tokens (made from the map when ``tokens_in`` is
+    false, else the previous stage's through LayerNorm -> Linear -> LayerNorm), ``depth`` Dual or
+    Merge blocks, LayerNorm on the pixel path."""
+
+    options_type = DualOptions
+    emits_tokens = True
+
+    def __init__(
+        self,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        feature_size: int,
+        drop_path: list[float],
+        tokens_in: bool = False,
+    ) -> None:
+        super().__init__()
+        dim = spec.width
+        self.transition = Transition(in_width, dim, stride=stride, kernel=3)
+        self.tokens: nn.Module = (
+            nn.Sequential(
+                nn.LayerNorm(in_width, eps=1e-6), nn.Linear(in_width, dim), nn.LayerNorm(dim)
+            )
+            if tokens_in
+            else SemanticTokens(dim, spec.options.tokens)
+        )
+        block = DualBlock if spec.options.mode == "dual" else MergeBlock
+        self.blocks = nn.ModuleList(
+            block(dim, spec.heads, spec.mlp_ratio, rate) for rate in drop_path
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self.transition(x)
+        z = self.tokens(x if tokens is None else tokens)
+        for block in self.blocks:
+            x, z = block(x, z)
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), z
+
+
+@HEADS.register("class_attention")
+class ClassAttentionHead(nn.Module):
+    """Class token = mean of all tokens; one class-attention block (CaiT) -> LayerNorm -> linear."""
+
+    def __init__(
+        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        dim = last.width
+        self.heads = last.heads
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * last.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        t = map_to_tokens(x)
+        if tokens is not None:
+            t = torch.cat([t, tokens], dim=1)
+        t = torch.cat([t.mean(dim=1, keepdim=True), t], dim=1)
+        s = self.norm1(t)
+        k, v = (split_heads(u, self.heads) for u in self.kv(s).chunk(2, dim=-1))
+        cls = merge_heads(attend(split_heads(self.q(s[:, :1]), self.heads), k, v))
+        cls = t[:, 0] + self.proj(cls).squeeze(1)
+        cls = cls + self.mlp(self.norm2(cls))
+        return self.fc(self.dropout(self.norm(cls)))

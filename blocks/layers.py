@@ -1,0 +1,143 @@
+"""Layers shared by the block families: channel LayerNorm, stochastic depth, stage transitions.
+
+Feature maps are (B, C, H, W) everywhere between modules. Every downsampling layer in the
+toolkit maps a side of n pixels to ceil(n / stride), padding where it must, so the feature size of
+stage i at input resolution r is ``stage_size(r, i)`` whatever stem or block type is used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "DropPath",
+    "LayerNorm2d",
+    "Transition",
+    "drop_path_rates",
+    "map_to_tokens",
+    "pad_to_multiple",
+    "stage_size",
+    "tokens_to_map",
+    "trunc_normal_init",
+]
+
+
+def stage_size(resolution: int, stage: int) -> int:
+    """Side of stage ``stage``'s (0-based) map at input ``resolution``: strides 4, 8, 16, 32."""
+    return math.ceil(resolution / 2 ** (stage + 2))
+
+
+def pad_to_multiple(x: Tensor, multiple_h: int, multiple_w: int) -> Tensor:
+    """Zero-pad a (B, C, H, W) map on the bottom and right to multiples of the given sides."""
+    pad_h = -x.shape[-2] % multiple_h
+    pad_w = -x.shape[-1] % multiple_w
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x
+
+
+def map_to_tokens(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def tokens_to_map(x: Tensor, height: int, width: int) -> Tensor:
+    """(B, H*W, C) -> (B, C, H, W)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch of a sample with probability ``rate``."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+class Transition(nn.Module):
+    """Entry of a transformer stage: conv (kernel, stride) -> LayerNorm, or identity.
+
+    With stride 1 and equal widths it is the identity; with stride 1 and a width change it is a
+    1x1 conv. A stride-``s`` conv whose kernel equals its stride (CMT's 2x2 patch aggregation)
+    pads odd sides first, and an odd kernel uses padding ``kernel // 2``, so sides become
+    ceil(n / s) in both cases.
+    """
+
+    def __init__(
+        self,
+        in_width: int,
+        out_width: int,
+        *,
+        stride: int,
+        kernel: int,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if stride == 1:
+            kernel = 1
+        self.stride = stride
+        self.identity = stride == 1 and in_width == out_width
+        if self.identity:
+            return
+        self.pads_input = kernel == stride
+        padding = 0 if self.pads_input else kernel // 2
+        self.conv = nn.Conv2d(in_width, out_width, kernel, stride=stride, padding=padding)
+        self.norm = LayerNorm2d(out_width, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.identity:
+            return x
+        if self.pads_input:
+            x = pad_to_multiple(x, self.stride, self.stride)
+        return self.norm(self.conv(x))
+
+
+def trunc_normal_init(module: nn.Module) -> None:
+    """The initialisation the transformer papers share: linear weights N(0, 0.02) truncated,
+    convs Kaiming (fan out), biases zero, norms one and zero."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def drop_path_rates(total_rate: float, depths: list[int]) -> list[list[float]]:
+    """Stochastic-depth rates rising linearly from 0 to ``total_rate`` over all blocks."""
+    rates = torch.linspace(0.0, total_rate, sum(depths)).tolist()
+    out, start = [], 0
+    for depth in depths:
+        out.append(rates[start : start + depth])
+        start += depth
+    return out
