@@ -1,0 +1,118 @@
+"""Parameters and MACs of a genotype, and the budget parser.
+
+The convention (SPEC section 3): the "FLOPs" of CMT, Swin, Dual-ViT and CoTNet are
+multiply-accumulates (MACs). ``count`` traces the model at the genotype's own resolution with
+fvcore and counts the MACs of convolutions, linear layers, matrix products and einsums, and of
+attention whatever kernel computes it: fvcore does not know
+``aten::scaled_dot_product_attention`` and would count it as zero, so a handle is registered
+for it here. Normalisation layers, activations, pooling and element-wise operations are not
+counted (BatchNorm folds into the preceding conv at inference; the papers' tables leave them
+out too).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Any, NamedTuple
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+
+from blocks import build_model
+from space.genotype import ArchSpec
+
+__all__ = ["Cost", "count", "parse_budget", "sdpa_macs"]
+
+# fvcore handles for operators that are not multiply-accumulates in the linear algebra sense.
+_NOT_COUNTED = (
+    "aten::batch_norm",
+    "aten::group_norm",
+    "aten::layer_norm",
+    "aten::instance_norm",
+    "aten::upsample_nearest2d",
+    "aten::upsample_bilinear2d",
+    "aten::adaptive_avg_pool2d",
+    "aten::grid_sampler",
+)
+
+
+class Cost(NamedTuple):
+    """Parameters and multiply-accumulates (MACs) of one forward pass of one image."""
+
+    params: int
+    macs: int
+
+
+def sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``aten::scaled_dot_product_attention``: q k^T and (attention) v.
+
+    With q (..., L, d), k (..., S, d) and v (..., S, dv) that is ``batch * L * S * (d + dv)``.
+    """
+    q, k, v = (get_shape(value) for value in inputs[:3])
+    batch = math.prod(torch.broadcast_shapes(tuple(q[:-2]), tuple(k[:-2]), tuple(v[:-2])))
+    length, source = q[-2], k[-2]
+    return batch * length * source * (q[-1] + v[-1])
+
+
+def _analysis(model: torch.nn.Module, image: torch.Tensor) -> FlopCountAnalysis:
+    analysis = FlopCountAnalysis(model, image)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_macs)
+    analysis.set_op_handle(**{name: None for name in _NOT_COUNTED})
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return analysis
+
+
+def count_model(model: torch.nn.Module, resolution: int) -> Cost:
+    """Parameters and MACs of ``model`` on one ``resolution`` x ``resolution`` image."""
+    image = torch.zeros(1, 3, resolution, resolution)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            macs = int(_analysis(model, image).total())
+    finally:
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    return Cost(params=params, macs=macs)
+
+
+@functools.lru_cache(maxsize=4096)
+def count(arch: ArchSpec) -> Cost:
+    """Parameters and MACs of ``arch`` at its own resolution, counted with fvcore (1000 classes).
+
+    Cached by genotype: a genotype is a frozen, hashable value.
+    """
+    torch.manual_seed(0)
+    return count_model(build_model(arch, num_classes=1000), arch.resolution)
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BUDGET = re.compile(
+    r"""^\s*
+    (?P<number>[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)   # 4, 4.5, .5, 4e9
+    \s*(?P<unit>[kmgt]?)                               # K, M, G, T
+    \s*(?:flops?|macs?)?                               # FLOPs or MACs (the same thing here)
+    \s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def parse_budget(text: str) -> int:
+    """Parse a compute budget into MACs: ``4GFLOPs``, ``4G``, ``4e9``, ``600MFLOPs``, ``600M``,
+    ``4 GMACs`` (case-insensitive; FLOPs mean MACs, the papers' convention).
+
+    Anything else, zero or a negative number raises ``ValueError`` quoting the input.
+    """
+    match = _BUDGET.match(str(text))
+    if match is None:
+        raise ValueError(
+            f"cannot read the budget {text!r}: write a number with an optional K/M/G/T unit and "
+            f"an optional FLOPs or MACs suffix, e.g. 4GFLOPs, 600M, 4e9 or '4 GMACs'"
+        )
+    value = float(match["number"]) * _UNITS[match["unit"].lower()]
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"the budget {text!r} must be a positive number of MACs")
+    return round(value)

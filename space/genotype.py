@@ -1,0 +1,182 @@
+"""The architecture genotype: a frozen, validated, hashable value that round-trips through JSON.
+
+An ``ArchSpec`` holds the input resolution, the stem, four ``StageSpec`` and the head. A stage
+names its block type (a key of ``blocks.BLOCKS``) and carries that type's own options dataclass
+(``CMTOptions``, ``AEWinOptions``, ``CoTOptions``, ``DualOptions``). Invalid values raise
+``ValueError`` naming the field; change a genotype with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from blocks import BLOCKS, HEADS, STEMS
+
+__all__ = ["MIN_RESOLUTION", "NUM_STAGES", "ArchSpec", "StageSpec"]
+
+NUM_STAGES = 4
+MIN_RESOLUTION = 32  # the four stages downsample by 32 in all
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One stage: ``depth`` blocks of type ``block`` at ``width`` channels.
+
+    mlp_ratio is the MLP (or IRFFN) hidden width over ``width`` for transformer blocks, and
+    ``width`` over the bottleneck width for CoT. ``options`` is the block type's options
+    dataclass, a dict of its fields, or None for its defaults.
+    """
+
+    block: str
+    depth: int
+    width: int
+    heads: int = 1
+    mlp_ratio: float = 4.0
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        options_type = BLOCKS.get(self.block).options_type
+        _positive_int("depth", self.depth)
+        _positive_int("width", self.width)
+        _positive_int("heads", self.heads)
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        if (
+            isinstance(self.mlp_ratio, bool)
+            or not isinstance(self.mlp_ratio, (int, float))
+            or self.mlp_ratio <= 0
+        ):
+            raise ValueError(f"mlp_ratio must be a number > 0, got {self.mlp_ratio!r}")
+        object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
+        options = self.options
+        if options is None:
+            options = options_type()
+        elif isinstance(options, dict):
+            known = {f.name for f in dataclasses.fields(options_type)}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise ValueError(
+                    f"options: unknown field(s) {', '.join(unknown)} for block {self.block!r}; "
+                    f"known: {', '.join(sorted(known)) or 'none'}"
+                )
+            try:
+                options = options_type(**options)
+            except ValueError as error:
+                raise ValueError(f"options.{error}") from None
+        if type(options) is not options_type:
+            raise ValueError(
+                f"options must be {options_type.__name__} for block {self.block!r}, "
+                f"got {type(options).__name__}"
+            )
+        object.__setattr__(self, "options", options)
+        options.check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["options"] = dataclasses.asdict(self.options)
+        return fields
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """A whole network: stem, four stages, head, at input ``resolution``.
+
+    ``head_width`` is the width of the conv head's 1x1 expansion (CMT's 1280) and must be 0 for
+    the other heads.
+    """
+
+    stages: tuple[StageSpec, ...]
+    resolution: int = 224
+    stem: str = "cmt"
+    stem_width: int = 32
+    head: str = "conv"
+    head_width: int = 1280
+
+    def __post_init__(self) -> None:
+        stages = tuple(self.stages)
+        if len(stages) != NUM_STAGES:
+            raise ValueError(f"stages must hold {NUM_STAGES} stages, got {len(stages)}")
+        for i, stage in enumerate(stages):
+            if not isinstance(stage, StageSpec):
+                raise ValueError(f"stages[{i}] must be a StageSpec, got {type(stage).__name__}")
+        object.__setattr__(self, "stages", stages)
+        _positive_int("resolution", self.resolution)
+        if self.resolution < MIN_RESOLUTION:
+            raise ValueError(
+                f"resolution must be at least {MIN_RESOLUTION} (the stages downsample by 32), "
+                f"got {self.resolution}"
+            )
+        STEMS.get(self.stem)
+        HEADS.get(self.head)
+        _positive_int("stem_width", self.stem_width)
+        if self.head == "conv":
+            _positive_int("head_width", self.head_width)
+        elif self.head_width != 0:
+            raise ValueError(
+                f"head_width must be 0 for head {self.head!r}, got {self.head_width!r}"
+            )
+        for i in range(1, NUM_STAGES):
+            try:
+                stages[i].options.check_follows(stages[i - 1])
+            except ValueError as error:
+                raise ValueError(f"stages[{i}].options: {error}") from None
+
+    @property
+    def block_mix(self) -> str:
+        """The block types of the four stages, e.g. ``cmt-aewin-dual-dual``."""
+        return "-".join(stage.block for stage in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resolution": self.resolution,
+            "stem": self.stem,
+            "stem_width": self.stem_width,
+            "head": self.head,
+            "head_width": self.head_width,
+            "stages": [stage.to_dict() for stage in self.stages],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
+        """Build from ``to_dict``'s output; errors name the field, e.g. ``stages[2].width``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an architecture must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        if "stages" not in data or not isinstance(data["stages"], list):
+            raise ValueError("stages must be a list of stage objects")
+        stages = []
+        stage_fields = {f.name for f in dataclasses.fields(StageSpec)}
+        for i, stage in enumerate(data["stages"]):
+            if not isinstance(stage, dict):
+                raise ValueError(f"stages[{i}] must be an object, got {type(stage).__name__}")
+            unknown = sorted(set(stage) - stage_fields)
+            if unknown:
+                raise ValueError(f"stages[{i}]: unknown field(s) {', '.join(unknown)}")
+            try:
+                stages.append(StageSpec(**stage))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"stages[{i}]: {error}") from None
+        return cls(**{**data, "stages": tuple(stages)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ArchSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON: {error}") from None
+        return cls.from_dict(data)

@@ -1,0 +1,140 @@
+"""Named architectures that reproduce published models (SPEC section 9).
+
+Each builder's body is a literal table of the model's hyper-parameters. MACs are counted with
+attention included (``space.cost.count``); the published figures these presets must match live
+in ``PUBLISHED`` and are checked by ``tests/space/test_presets.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from blocks.aewin import AEWinOptions
+from blocks.cmt import CMTOptions
+from blocks.cot import CoTOptions
+from blocks.dualvit import DualOptions
+from space.genotype import ArchSpec, StageSpec
+
+__all__ = ["PUBLISHED", "Published", "get", "names"]
+
+
+class Published(NamedTuple):
+    """A model's published size: parameters and MACs (the papers' "FLOPs"), with the source;
+    ``macs`` is None where nothing was published."""
+
+    params: float
+    macs: float | None
+    source: str
+
+
+def _cmt(
+    resolution: int,
+    stem_width: int,
+    widths: tuple[int, ...],
+    depths: tuple[int, ...],
+    mlp_ratio: float,
+) -> ArchSpec:
+    heads, kv_reductions = (1, 2, 4, 8), (8, 4, 2, 1)
+    stages = tuple(
+        StageSpec("cmt", depth, width, head, mlp_ratio, CMTOptions(kv_reduction=k))
+        for depth, width, head, k in zip(depths, widths, heads, kv_reductions, strict=True)
+    )
+    return ArchSpec(
+        stages, resolution, stem="cmt", stem_width=stem_width, head="conv", head_width=1280
+    )
+
+
+def cmt_ti() -> ArchSpec:
+    return _cmt(160, 16, (46, 92, 184, 368), (2, 2, 10, 2), 3.6)
+
+
+def cmt_xs() -> ArchSpec:
+    return _cmt(192, 16, (52, 104, 208, 416), (3, 3, 12, 3), 3.77)
+
+
+def cmt_s() -> ArchSpec:
+    return _cmt(224, 32, (64, 128, 256, 512), (3, 3, 16, 3), 4.0)
+
+
+def cmt_b() -> ArchSpec:
+    return _cmt(256, 38, (76, 152, 304, 608), (4, 4, 20, 4), 4.0)
+
+
+def cotnet_50() -> ArchSpec:
+    """ResNet-50 layout, every bottleneck's 3x3 conv a CoT layer (mlp_ratio: width / bottleneck)."""
+    stages = tuple(
+        StageSpec("cot", depth, width, 1, 4.0, CoTOptions(kernel=3))
+        for depth, width in zip((3, 4, 6, 3), (256, 512, 1024, 2048), strict=True)
+    )
+    return ArchSpec(stages, 224, stem="resnet", stem_width=64, head="pool", head_width=0)
+
+
+def dualvit_s() -> ArchSpec:
+    """Dual blocks in stages 1-2, Merge blocks in 3-4, 64 semantic tokens. The official stage 3
+    alternates MLP ratios 4 and 3; 3.5 is their average and gives the same size and MACs."""
+    table = (
+        # depth, width, heads, mlp_ratio, mode
+        (3, 64, 2, 8.0, "dual"),
+        (4, 128, 4, 8.0, "dual"),
+        (6, 320, 10, 3.5, "merge"),
+        (3, 448, 14, 3.0, "merge"),
+    )
+    stages = tuple(
+        StageSpec("dual", depth, width, heads, ratio, DualOptions(tokens=64, mode=mode))
+        for depth, width, heads, ratio, mode in table
+    )
+    return ArchSpec(stages, 224, stem="dual", stem_width=32, head="class_attention", head_width=0)
+
+
+def aewin_t() -> ArchSpec:
+    """No official table: the CSWin-T layout (embed 64, depths 1/2/21/1, heads 2/4/8/16, MLP
+    ratio 4, CSWin's stripe widths 1/2/7/7) with the paper's 1/4, 1/4, 1/2 split and window 7."""
+    table = (
+        # depth, width, heads, stripe
+        (1, 64, 2, 1),
+        (2, 128, 4, 2),
+        (21, 256, 8, 7),
+        (1, 512, 16, 7),
+    )
+    stages = tuple(
+        StageSpec("aewin", depth, width, heads, 4.0, AEWinOptions((0.25, 0.25, 0.5), 7, stripe))
+        for depth, width, heads, stripe in table
+    )
+    return ArchSpec(stages, 224, stem="patch", stem_width=64, head="norm", head_width=0)
+
+
+_PRESETS: dict[str, Callable[[], ArchSpec]] = {
+    "cmt_ti": cmt_ti,
+    "cmt_xs": cmt_xs,
+    "cmt_s": cmt_s,
+    "cmt_b": cmt_b,
+    "cotnet_50": cotnet_50,
+    "dualvit_s": dualvit_s,
+    "aewin_t": aewin_t,
+}
+
+PUBLISHED: dict[str, Published] = {
+    "cmt_ti": Published(9.49e6, 0.64e9, "CMT paper, Table 2"),
+    "cmt_xs": Published(15.24e6, 1.54e9, "CMT paper, Table 2"),
+    "cmt_s": Published(25.14e6, 4.04e9, "CMT paper, Table 2 (official code: 26.26M params)"),
+    "cmt_b": Published(45.72e6, 9.33e9, "CMT paper, Table 2"),
+    "cotnet_50": Published(22.2e6, 3.3e9, "CoTNet README"),
+    "dualvit_s": Published(
+        24.6e6, 5.4e9, "Dual-ViT README: 25.1M less the 0.5M token-labelling head"
+    ),
+    "aewin_t": Published(22e6, None, "AEWin abstract (no per-variant table was published)"),
+}
+
+
+def names() -> tuple[str, ...]:
+    """The preset names, in table order."""
+    return tuple(_PRESETS)
+
+
+def get(name: str) -> ArchSpec:
+    """The named preset; an unknown name raises ``ValueError`` listing the known ones."""
+    try:
+        return _PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(_PRESETS)}") from None
