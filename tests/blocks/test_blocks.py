@@ -1,0 +1,165 @@
+"""Every block type: shapes, finite forward and backward passes at any size, fused == explicit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from blocks import BLOCKS, build_model, explicit_attention
+from blocks.aewin import AEWinOptions, AxialWindowAttention, window_mask
+from blocks.cmt import CMTOptions
+from blocks.cot import CoTLayer, CoTOptions
+from blocks.dualvit import DualOptions, SemanticTokens
+from space.genotype import ArchSpec, StageSpec
+
+SMALL_OPTIONS = {
+    "cmt": [CMTOptions(kv_reduction=k) for k in (4, 2, 2, 1)],
+    "aewin": [AEWinOptions((0.25, 0.25, 0.5), window=7, stripe=s) for s in (1, 2, 3, 7)],
+    "cot": [CoTOptions(kernel=3)] * 4,
+    "dual": [DualOptions(tokens=16, mode=m) for m in ("dual", "dual", "merge", "merge")],
+}
+
+
+def small_arch(block: str, resolution: int = 96) -> ArchSpec:
+    """A four-stage network of one block type, small enough to run fast at any size."""
+    widths, heads = (32, 64, 96, 128), (1, 2, 3, 4)
+    if block == "cot":
+        heads = (1, 1, 1, 1)
+    stages = tuple(
+        StageSpec(block, 2 if i < 3 else 1, widths[i], heads[i], 2.0, SMALL_OPTIONS[block][i])
+        for i in range(4)
+    )
+    return ArchSpec(stages, resolution, stem="cmt", stem_width=16, head="conv", head_width=64)
+
+
+def test_every_registered_block_type_is_covered() -> None:
+    assert set(BLOCKS.names()) == set(SMALL_OPTIONS)
+
+
+@pytest.mark.parametrize("block", sorted(SMALL_OPTIONS))
+@pytest.mark.parametrize("size", [32, 64, 96, 50])
+def test_forward_backward_any_size(block: str, size: int) -> None:
+    """32, 64, the genotype's own 96, and 50 (stages of 13, 7, 4, 2: neither k nor 7 divides)."""
+    torch.manual_seed(0)
+    model = build_model(small_arch(block), num_classes=7)
+    x = torch.randn(2, 3, size, size)
+    features, _ = model.forward_features(x)
+    assert features.shape == (2, 128, math.ceil(size / 32), math.ceil(size / 32))
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("block", sorted(SMALL_OPTIONS))
+@pytest.mark.parametrize("size", [64, 50])
+def test_every_stage_keeps_map_shape(block: str, size: int) -> None:
+    """Each stage maps (B, C_in, H, W) to (B, C, ceil(H/s), ceil(W/s)); blocks keep the shape."""
+    model = build_model(small_arch(block), num_classes=7).eval()
+    x = model.stem(torch.randn(1, 3, size, size))
+    tokens = None
+    for i, stage in enumerate(model.stages):
+        x, tokens = stage(x, tokens)
+        side = math.ceil(size / 2 ** (i + 2))
+        assert x.shape == (1, small_arch(block).stages[i].width, side, side)
+
+
+@pytest.mark.parametrize("block", sorted(SMALL_OPTIONS))
+@pytest.mark.parametrize("size", [96, 50])
+def test_fused_and_explicit_attention_agree(block: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(small_arch(block), num_classes=7).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        fused = model.forward_features(x)[0]
+        with explicit_attention():
+            explicit = model.forward_features(x)[0]
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+
+
+def test_mixed_stages_and_dual_makes_tokens_when_none_flow_in() -> None:
+    dual = DualOptions(tokens=16, mode="merge")
+    stages = (
+        StageSpec("dual", 1, 32, 1, 2.0, DualOptions(tokens=16)),
+        StageSpec("cot", 1, 64, 1, 2.0),
+        StageSpec("dual", 1, 96, 3, 2.0, dual),
+        StageSpec("dual", 1, 128, 4, 2.0, dual),
+    )
+    arch = ArchSpec(stages, 64, stem="cmt", stem_width=16, head="class_attention", head_width=0)
+    model = build_model(arch, num_classes=5)
+    assert isinstance(model.stages[0].tokens, SemanticTokens)
+    assert isinstance(model.stages[2].tokens, SemanticTokens)  # a cot stage dropped them
+    assert not isinstance(model.stages[3].tokens, SemanticTokens)  # embedded from stage 3
+    _, tokens = model.forward_features(torch.randn(2, 3, 64, 64))
+    assert tokens is not None and tokens.shape == (2, 16, 128)
+    assert model(torch.randn(2, 3, 40, 40)).shape == (2, 5)
+
+
+def test_semantic_tokens_do_not_depend_on_input_size() -> None:
+    make = SemanticTokens(32, tokens=64)
+    for side in (1, 5, 8, 56):
+        assert make(torch.randn(2, 32, side, side)).shape == (2, 64, 32)
+
+
+def test_cot_aggregation_matches_a_loop_over_the_kernel() -> None:
+    """Channel c uses weight group c mod C/8 (the official interleaved sharing), zero padding."""
+    torch.manual_seed(0)
+    layer = CoTLayer(16, kernel=3)
+    b, c, h, w = 2, 16, 5, 6
+    groups = c // 8
+    value = torch.randn(b, c, h, w)
+    weights = torch.randn(b, groups * 9, h, w)
+    padded = torch.nn.functional.pad(value, (1, 1, 1, 1))
+    expected = torch.zeros_like(value)
+    for ch in range(c):
+        for pos in range(9):
+            dy, dx = divmod(pos, 3)
+            weight = weights[:, (ch % groups) * 9 + pos]
+            expected[:, ch] += weight * padded[:, ch, dy : dy + h, dx : dx + w]
+    torch.testing.assert_close(layer.aggregate(value, weights), expected)
+
+
+def test_window_padding_is_masked() -> None:
+    """Pure window heads on a 10x10 map padded to 14x14: the bottom-right window holds 3x3 real
+    tokens and 40 padded ones, so its output equals the output on the 3x3 crop alone."""
+    torch.manual_seed(0)
+    attn = AxialWindowAttention(16, 2, AEWinOptions((0, 0, 1), window=7, stripe=1)).eval()
+    x = torch.randn(1, 10, 10, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x)[:, 7:, 7:], attn(x[:, 7:, 7:].contiguous()))
+
+
+def test_stripe_padding_is_masked() -> None:
+    """A 10-row map in stripes of 3: the last stripe holds one real row and two padded ones."""
+    torch.manual_seed(0)
+    attn = AxialWindowAttention(16, 2, AEWinOptions((1, 0, 0), window=7, stripe=3)).eval()
+    q, k, v = torch.randn(3, 1, 10, 6, 16)
+    with torch.no_grad():
+        full = attn.stripe_attention(q, k, v, heads=2)
+        last_row = attn.stripe_attention(q[:, 9:], k[:, 9:], v[:, 9:], heads=2)
+    torch.testing.assert_close(full[:, 9:], last_row)
+
+
+def test_shifted_window_does_not_mix_wrapped_regions() -> None:
+    """With a shift of 3 on a 14x14 map, the corner token (0, 0) lands in a rolled window with
+    wrapped-around tokens; the mask must keep its output a function of rows and columns 0-2 only."""
+    torch.manual_seed(0)
+    attn = AxialWindowAttention(8, 1, AEWinOptions((0, 0, 1), window=7, stripe=1), shift=True)
+    x = torch.randn(1, 14, 14, 8, requires_grad=True)
+    attn(x)[0, 0, 0].sum().backward()
+    influence = x.grad.abs().sum(dim=-1)[0]
+    touched = influence > 1e-9 * influence.max()  # masked keys weigh exp(-100)
+    expected = torch.zeros(14, 14, dtype=torch.bool)
+    expected[:3, :3] = True
+    assert torch.equal(touched, expected)
+
+
+def test_window_mask_is_none_when_nothing_is_masked() -> None:
+    assert window_mask(14, 14, (7, 7), (0, 0)) is None
+    mask = window_mask(14, 14, (7, 7), (3, 3))
+    assert mask is not None and mask.shape == (4, 49, 49)
+    assert (mask[0] == 0).all()  # the first rolled window holds one region only
