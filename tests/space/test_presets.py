@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blocks import build_model
+from blocks import build_model, explicit_attention
 from space import presets
 from space.cost import count
 
@@ -60,3 +60,15 @@ def test_preset_forward_backward_at_small_and_odd_sizes(name: str, size: int) ->
 def test_unknown_preset_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="unknown preset 'cmt_xl'; known: cmt_ti"):
         presets.get("cmt_xl")
+
+
+@pytest.mark.parametrize("name", presets.names())
+def test_preset_fused_and_explicit_attention_agree(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(presets.get(name), num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused = model(x)
+        with explicit_attention():
+            explicit = model(x)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
