@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -34,8 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.attention import attend
+from blocks.formulas import Cost, attention, conv, linear, norm
 from blocks.layers import DropPath, LayerNorm2d, Transition, pad_to_multiple
-from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, StageLike
+from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, Stage, StageLike
 
 __all__ = [
     "AEWinBlock",
@@ -113,6 +115,10 @@ class PatchStem(nn.Module):
         self.conv = nn.Conv2d(3, width, 7, stride=4, padding=2)
         self.norm = LayerNorm2d(width)
 
+    @staticmethod
+    def cost(width: int, resolution: int) -> Cost:
+        return conv(3, width, 7, math.ceil(resolution / 4) ** 2) + norm(width)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.conv(pad_to_multiple(x, 4, 4)))
 
@@ -181,6 +187,24 @@ class AxialWindowAttention(nn.Module):
         if window_heads:
             table = torch.zeros((2 * self.window - 1) ** 2, window_heads[0])
             self.bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
+
+    @staticmethod
+    def cost(dim: int, heads: int, options: AEWinOptions, side: int) -> Cost:
+        """On a side x side map; stripes and windows count their padded tokens, as they run."""
+        n = side * side
+        out = linear(dim, 3 * dim, n) + linear(dim, dim, n)
+        for group in options.groups(dim, heads):
+            c = group.channels
+            if group.kind == "window":
+                win = min(options.window, side)
+                padded = math.ceil(side / win) * win
+                out += attention(padded * padded, win * win, c)
+                out += Cost((2 * options.window - 1) ** 2 * group.heads, 0)
+            else:
+                rows = min(options.stripe, side)
+                padded = math.ceil(side / rows) * rows
+                out += attention(padded * side, rows * side, c) + conv(c, c, 3, n, groups=c)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -267,6 +291,12 @@ class AEWinBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = DropPath(drop_path)
 
+    @staticmethod
+    def cost(dim: int, heads: int, mlp_ratio: float, options: AEWinOptions, side: int) -> Cost:
+        hidden, n = int(dim * mlp_ratio), side * side
+        mlp = linear(dim, hidden, n) + linear(hidden, dim, n)
+        return norm(dim) * 2 + AxialWindowAttention.cost(dim, heads, options, side) + mlp
+
     def forward(self, x: Tensor) -> Tensor:
         t = x.permute(0, 2, 3, 1)
         t = t + self.drop_path(self.attn(self.norm1(t)))
@@ -275,12 +305,11 @@ class AEWinBlock(nn.Module):
 
 
 @BLOCKS.register("aewin")
-class AEWinStage(nn.Module):
+class AEWinStage(Stage):
     """3x3 stride-2 conv -> LayerNorm, then ``depth`` AEWin blocks, windows shifted in every
     second block."""
 
     options_type = AEWinOptions
-    emits_tokens = False
 
     def __init__(
         self,
@@ -308,6 +337,22 @@ class AEWinStage(nn.Module):
             )
         )
 
+    @classmethod
+    def cost(
+        cls,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        in_size: int,
+        feature_size: int,
+        tokens_in: bool,
+    ) -> Cost:
+        pixels = feature_size * feature_size
+        entry = Transition.cost(in_width, spec.width, stride=stride, kernel=3, pixels=pixels)
+        block = AEWinBlock.cost(spec.width, spec.heads, spec.mlp_ratio, spec.options, feature_size)
+        return entry + block * spec.depth
+
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(self.transition(x)), None
 
@@ -323,6 +368,12 @@ class NormHead(nn.Module):
         self.norm = nn.LayerNorm(last.width)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(last.width, num_classes)
+
+    @staticmethod
+    def cost(
+        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
+    ) -> Cost:
+        return norm(last.width) + linear(last.width, num_classes, 1)
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
         x = self.norm(x.permute(0, 2, 3, 1)).mean(dim=(1, 2))

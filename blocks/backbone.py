@@ -8,12 +8,66 @@ head may use; other stages drop them.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 from torch import Tensor, nn
 
+from blocks.formulas import Cost
 from blocks.layers import drop_path_rates, stage_size, trunc_normal_init
-from blocks.registry import BLOCKS, HEADS, STEMS, ArchLike
+from blocks.registry import BLOCKS, HEADS, STEMS, ArchLike, Stage, StageLike
 
-__all__ = ["Backbone", "build_model"]
+__all__ = ["Backbone", "StagePlan", "build_model", "estimate_cost", "plan_stages"]
+
+
+class StagePlan(NamedTuple):
+    """Where a stage sits in the network: what it receives and the map side it runs at."""
+
+    spec: StageLike
+    stage_type: type[Stage]
+    in_width: int
+    stride: int
+    in_size: int
+    feature_size: int
+    tokens_in: bool
+
+
+def plan_stages(arch: ArchLike) -> list[StagePlan]:
+    """The four stages of ``arch`` with their input widths, strides and sizes."""
+    stem_stride = STEMS.get(arch.stem).stride
+    in_width, stride = arch.stem_width, 4 // stem_stride
+    in_size, tokens_in = math.ceil(arch.resolution / stem_stride), False
+    plans = []
+    for i, spec in enumerate(arch.stages):
+        stage_type = BLOCKS.get(spec.block)
+        size = stage_size(arch.resolution, i)
+        plans.append(StagePlan(spec, stage_type, in_width, stride, in_size, size, tokens_in))
+        in_width, stride, in_size = spec.width, 2, size
+        tokens_in = stage_type.token_count(spec) > 0
+    return plans
+
+
+def estimate_cost(arch: ArchLike, num_classes: int = 1000) -> Cost:
+    """Parameters and MACs of ``arch`` at its own resolution from the blocks' own formulas."""
+    plans = plan_stages(arch)
+    total = STEMS.get(arch.stem).cost(arch.stem_width, arch.resolution)
+    for plan in plans:
+        total += plan.stage_type.cost(
+            plan.spec,
+            in_width=plan.in_width,
+            stride=plan.stride,
+            in_size=plan.in_size,
+            feature_size=plan.feature_size,
+            tokens_in=plan.tokens_in,
+        )
+    last = plans[-1]
+    return total + HEADS.get(arch.head).cost(
+        last.spec,
+        width=arch.head_width,
+        num_classes=num_classes,
+        feature_size=last.feature_size,
+        tokens=last.stage_type.token_count(last.spec),
+    )
 
 
 class Backbone(nn.Module):
@@ -30,22 +84,17 @@ class Backbone(nn.Module):
         super().__init__()
         self.stem = STEMS.get(arch.stem)(arch.stem_width)
         rates = drop_path_rates(drop_path_rate, [spec.depth for spec in arch.stages])
-        stages: list[nn.Module] = []
-        in_width, stride, tokens_in = arch.stem_width, 4 // self.stem.stride, False
-        for i, spec in enumerate(arch.stages):
-            stage_type = BLOCKS.get(spec.block)
-            stages.append(
-                stage_type(
-                    spec,
-                    in_width=in_width,
-                    stride=stride,
-                    feature_size=stage_size(arch.resolution, i),
-                    drop_path=rates[i],
-                    tokens_in=tokens_in,
-                )
+        self.stages = nn.ModuleList(
+            plan.stage_type(
+                plan.spec,
+                in_width=plan.in_width,
+                stride=plan.stride,
+                feature_size=plan.feature_size,
+                drop_path=rate,
+                tokens_in=plan.tokens_in,
             )
-            in_width, stride, tokens_in = spec.width, 2, stage_type.emits_tokens
-        self.stages = nn.ModuleList(stages)
+            for plan, rate in zip(plan_stages(arch), rates, strict=True)
+        )
         self.head = HEADS.get(arch.head)(
             arch.stages[-1], width=arch.head_width, num_classes=num_classes, dropout=dropout
         )

@@ -21,12 +21,14 @@ The paper's complexity of one block with R = 4 is 10nd^2(1 + 0.2/k^2) + 2n^2d/k^
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.attention import attend, merge_heads, split_heads
+from blocks.formulas import Cost, attention, conv, linear, norm
 from blocks.layers import (
     DropPath,
     LayerNorm2d,
@@ -35,7 +37,7 @@ from blocks.layers import (
     pad_to_multiple,
     tokens_to_map,
 )
-from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, StageLike
+from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, Stage, StageLike
 
 __all__ = ["CMTBlock", "CMTOptions", "CMTStage", "CMTStem", "ConvHead"]
 
@@ -67,6 +69,12 @@ class CMTStem(nn.Module):
                 nn.BatchNorm2d(width),
             ]
         self.layers = nn.Sequential(*layers)
+
+    @staticmethod
+    def cost(width: int, resolution: int) -> Cost:
+        pixels = math.ceil(resolution / 2) ** 2
+        first = conv(3, width, 3, pixels) + norm(width)
+        return first + (conv(width, width, 3, pixels) + norm(width)) * 2
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
@@ -171,6 +179,20 @@ class CMTBlock(nn.Module):
         self.ffn = InvertedResidualFFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
+    @staticmethod
+    def cost(dim: int, mlp_ratio: float, kv_reduction: int, side: int) -> Cost:
+        """One block on a side x side map: with n = side^2, d = dim, k = kv_reduction and R = 4
+        this is the paper's 10nd^2(1 + 0.2/k^2) + 2n^2 d/k^2 + 45nd plus the reduction conv."""
+        n, n_kv = side * side, math.ceil(side / kv_reduction) ** 2
+        hidden = int(dim * mlp_ratio)
+        lpu = conv(dim, dim, 3, n, groups=dim)
+        attn = linear(dim, dim, n) * 2 + linear(dim, dim, n_kv) * 2 + attention(n, n_kv, dim)
+        if kv_reduction > 1:
+            attn += conv(dim, dim, kv_reduction, n_kv, groups=dim) + norm(dim)
+        ffn = conv(dim, hidden, 1, n) + conv(hidden, hidden, 3, n, groups=hidden)
+        ffn += conv(hidden, dim, 1, n) + norm(hidden) * 2 + norm(dim)
+        return lpu + norm(dim) * 2 + attn + ffn
+
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
         x = self.lpu(x)
         x = x + self.drop_path(self.attn(self.norm1(x), bias))
@@ -178,11 +200,10 @@ class CMTBlock(nn.Module):
 
 
 @BLOCKS.register("cmt")
-class CMTStage(nn.Module):
+class CMTStage(Stage):
     """2x2 stride-2 patch aggregation, then ``depth`` CMT blocks sharing one position-bias table."""
 
     options_type = CMTOptions
-    emits_tokens = False
 
     def __init__(
         self,
@@ -205,6 +226,23 @@ class CMTStage(nn.Module):
         n_query = feature_size * feature_size
         n_key = self.grid_key[0] * self.grid_key[1]
         self.relative_bias = nn.Parameter(torch.randn(spec.heads, n_query, n_key))
+
+    @classmethod
+    def cost(
+        cls,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        in_size: int,
+        feature_size: int,
+        tokens_in: bool,
+    ) -> Cost:
+        k, n = spec.options.kv_reduction, feature_size * feature_size
+        entry = Transition.cost(in_width, spec.width, stride=stride, kernel=2, pixels=n)
+        block = CMTBlock.cost(spec.width, spec.mlp_ratio, k, feature_size)
+        bias_table = Cost(spec.heads * n * math.ceil(feature_size / k) ** 2, 0)
+        return entry + block * spec.depth + bias_table
 
     def bias_for(self, height: int, width: int) -> Tensor:
         """The stage's bias table for an (height, width) map, resized if the size differs."""
@@ -235,6 +273,13 @@ class ConvHead(nn.Module):
         self.act = nn.SiLU()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(width, num_classes)
+
+    @staticmethod
+    def cost(
+        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
+    ) -> Cost:
+        expand = conv(last.width, width, 1, feature_size * feature_size) + norm(width)
+        return expand + linear(width, num_classes, 1)
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
         x = self.act(self.norm(self.conv(x)))

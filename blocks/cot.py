@@ -23,13 +23,15 @@ The local aggregation is written as an ``einsum`` so that its multiply-accumulat
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blocks.formulas import Cost, conv, linear, norm
 from blocks.layers import DropPath
-from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, StageLike
+from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, Stage, StageLike
 
 __all__ = ["CoTBottleneck", "CoTLayer", "CoTOptions", "CoTStage", "PoolHead", "ResNetStem"]
 
@@ -72,6 +74,10 @@ class ResNetStem(nn.Module):
         self.norm = nn.BatchNorm2d(width)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
 
+    @staticmethod
+    def cost(width: int, resolution: int) -> Cost:
+        return conv(3, width, 7, math.ceil(resolution / 2) ** 2, bias=False) + norm(width)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(F.relu(self.norm(self.conv(x))))
 
@@ -105,6 +111,17 @@ class CoTLayer(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(attn_width, 2 * dim, 1),
         )
+
+    @staticmethod
+    def cost(dim: int, kernel: int, pixels: int) -> Cost:
+        k2, groups, attn_width = kernel * kernel, dim // SHARE_PLANES, max(dim // 2, 32)
+        static = conv(dim, dim, kernel, pixels, groups=KEY_GROUPS, bias=False) + norm(dim)
+        embed = conv(2 * dim, dim // 2, 1, pixels, bias=False) + norm(dim // 2)
+        embed += conv(dim // 2, k2 * groups, 1, pixels) + norm(k2 * groups)
+        value = conv(dim, dim, 1, pixels, bias=False) + norm(dim)
+        dynamic = Cost(0, dim * k2 * pixels) + norm(dim)
+        split = conv(dim, attn_width, 1, 1) + norm(attn_width) + conv(attn_width, 2 * dim, 1, 1)
+        return static + embed + value + dynamic + split
 
     def aggregate(self, value: Tensor, weights: Tensor) -> Tensor:
         """Per-pixel k x k weighted sum of ``value`` (B, C, H, W) with ``weights``
@@ -156,6 +173,18 @@ class CoTBottleneck(nn.Module):
             )
         self.drop_path = DropPath(drop_path)
 
+    @staticmethod
+    def cost(
+        in_width: int, width: int, mid: int, *, stride: int, kernel: int, in_size: int, size: int
+    ) -> Cost:
+        pixels = size * size
+        out = conv(in_width, mid, 1, in_size * in_size, bias=False) + norm(mid)
+        out += CoTLayer.cost(mid, kernel, pixels) + conv(mid, width, 1, pixels, bias=False)
+        out += norm(width)
+        if stride != 1 or in_width != width:
+            out += conv(in_width, width, 1, pixels, bias=False) + norm(width)
+        return out
+
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.expand[1].weight)
 
@@ -165,11 +194,10 @@ class CoTBottleneck(nn.Module):
 
 
 @BLOCKS.register("cot")
-class CoTStage(nn.Module):
+class CoTStage(Stage):
     """``depth`` CoT bottlenecks; the first one changes width and stride."""
 
     options_type = CoTOptions
-    emits_tokens = False
 
     def __init__(
         self,
@@ -197,6 +225,26 @@ class CoTStage(nn.Module):
             )
         )
 
+    @classmethod
+    def cost(
+        cls,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        in_size: int,
+        feature_size: int,
+        tokens_in: bool,
+    ) -> Cost:
+        mid, kernel, size = int(spec.width / spec.mlp_ratio), spec.options.kernel, feature_size
+        first = CoTBottleneck.cost(
+            in_width, spec.width, mid, stride=stride, kernel=kernel, in_size=in_size, size=size
+        )
+        rest = CoTBottleneck.cost(
+            spec.width, spec.width, mid, stride=1, kernel=kernel, in_size=size, size=size
+        )
+        return first + rest * (spec.depth - 1)
+
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(x), None
 
@@ -211,6 +259,12 @@ class PoolHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(last.width, num_classes)
+
+    @staticmethod
+    def cost(
+        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
+    ) -> Cost:
+        return linear(last.width, num_classes, 1)
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
         return self.fc(self.dropout(x.mean(dim=(2, 3))))

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.attention import attend, merge_heads, split_heads
+from blocks.formulas import Cost, attention, conv, linear, norm
 from blocks.layers import DropPath, Transition, map_to_tokens, tokens_to_map
-from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, StageLike
+from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, Stage, StageLike
 
 __all__ = [
     "ClassAttentionHead",
@@ -99,6 +100,12 @@ class DualStem(nn.Module):
             layers += [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         self.layers = nn.Sequential(*layers)
 
+    @staticmethod
+    def cost(width: int, resolution: int) -> Cost:
+        pixels = math.ceil(resolution / 2) ** 2
+        first = conv(3, width, 7, pixels, bias=False) + norm(width)
+        return first + (conv(width, width, 3, pixels, bias=False) + norm(width)) * 2
+
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
 
@@ -119,6 +126,13 @@ class SemanticTokens(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
+    @staticmethod
+    def cost(dim: int, tokens: int) -> Cost:
+        queries = Cost(tokens * dim, 0) + norm(dim) + linear(dim, dim, tokens)
+        attend_pooled = linear(dim, 2 * dim, tokens) + attention(tokens, tokens, dim)
+        gate = linear(dim, dim, 1) + linear(dim, 2 * dim, 1)
+        return queries + attend_pooled + gate + norm(dim)
+
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[:2]
         pooled = map_to_tokens(F.adaptive_avg_pool2d(x, self.grid))  # (B, m, C)
@@ -138,6 +152,11 @@ class PixelFFN(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.fc2 = nn.Linear(hidden, dim)
+
+    @staticmethod
+    def cost(dim: int, hidden: int, pixels: int) -> Cost:
+        fc = linear(dim, hidden, pixels) + linear(hidden, dim, pixels)
+        return fc + conv(hidden, hidden, 3, pixels, groups=hidden)
 
     def forward(self, x: Tensor, height: int, width: int) -> Tensor:
         h = tokens_to_map(self.fc1(x), height, width)
@@ -168,6 +187,15 @@ class DualAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.drop_path = DropPath(drop_path)
 
+    @staticmethod
+    def cost(dim: int, pixels: int, tokens: int) -> Cost:
+        d, n, m = dim, pixels, tokens
+        semantic_self = norm(d) + linear(d, 3 * d, m) + attention(m, m, d)
+        semantic_cross = norm(d) + linear(d, d, m) + linear(d, 2 * d, n) + attention(m, n, d)
+        semantic_mlp = norm(d) + linear(d, 4 * d, m) + linear(4 * d, d, m) + Cost(3 * d, 0)
+        pixel = norm(d) + linear(d, d, n) + linear(d, 2 * d, m) + attention(n, m, d)
+        return semantic_self + semantic_cross + semantic_mlp + pixel + linear(d, d, n)
+
     def forward(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         h = self.heads
         q, k, v = (split_heads(t, h) for t in self.semantic_qkv(z).chunk(3, dim=-1))
@@ -192,6 +220,11 @@ class DualBlock(nn.Module):
         self.ffn = PixelFFN(dim, int(dim * mlp_ratio))
         self.gammas = nn.Parameter(torch.full((2, dim), LAYER_SCALE))
         self.drop_path = DropPath(drop_path)
+
+    @staticmethod
+    def cost(dim: int, mlp_ratio: float, pixels: int, tokens: int) -> Cost:
+        ffn = PixelFFN.cost(dim, int(dim * mlp_ratio), pixels)
+        return norm(dim) * 2 + DualAttention.cost(dim, pixels, tokens) + ffn + Cost(2 * dim, 0)
 
     def forward(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         height, width = x.shape[-2:]
@@ -220,6 +253,14 @@ class MergeBlock(nn.Module):
         self.gammas = nn.Parameter(torch.full((2, dim), LAYER_SCALE))
         self.drop_path = DropPath(drop_path)
 
+    @staticmethod
+    def cost(dim: int, mlp_ratio: float, pixels: int, tokens: int) -> Cost:
+        d, length = dim, pixels + tokens
+        attn = linear(d, d, length) * 2 + linear(d, 2 * d, length) + attention(length, length, d)
+        ffn = PixelFFN.cost(d, int(d * mlp_ratio), pixels)
+        ffn += linear(d, 2 * d, tokens) + linear(2 * d, d, tokens)
+        return norm(d) * 2 + attn + ffn + Cost(2 * d, 0)
+
     def forward(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         height, width = x.shape[-2:]
         n = height * width
@@ -235,13 +276,12 @@ class MergeBlock(nn.Module):
 
 
 @BLOCKS.register("dual")
-class DualStage(nn.Module):
+class DualStage(Stage):
     """3x3 stride-2 conv -> LayerNorm, semantic tokens (made from the map when ``tokens_in`` is
     false, else the previous stage's through LayerNorm -> Linear -> LayerNorm), ``depth`` Dual or
     Merge blocks, LayerNorm on the pixel path."""
 
     options_type = DualOptions
-    emits_tokens = True
 
     def __init__(
         self,
@@ -268,6 +308,30 @@ class DualStage(nn.Module):
             block(dim, spec.heads, spec.mlp_ratio, rate) for rate in drop_path
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    @staticmethod
+    def token_count(spec: StageLike) -> int:
+        return spec.options.tokens
+
+    @classmethod
+    def cost(
+        cls,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        in_size: int,
+        feature_size: int,
+        tokens_in: bool,
+    ) -> Cost:
+        d, m, n = spec.width, spec.options.tokens, feature_size * feature_size
+        out = Transition.cost(in_width, d, stride=stride, kernel=3, pixels=n) + norm(d)
+        if tokens_in:
+            out += norm(in_width) + linear(in_width, d, m) + norm(d)
+        else:
+            out += SemanticTokens.cost(d, m)
+        block = DualBlock if spec.options.mode == "dual" else MergeBlock
+        return out + block.cost(d, spec.mlp_ratio, n, m) * spec.depth
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.transition(x)
@@ -297,6 +361,16 @@ class ClassAttentionHead(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(dim, num_classes)
+
+    @staticmethod
+    def cost(
+        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
+    ) -> Cost:
+        d, length = last.width, feature_size * feature_size + tokens + 1
+        hidden = int(d * last.mlp_ratio)
+        attn = linear(d, d, 1) * 2 + linear(d, 2 * d, length) + attention(1, length, d)
+        mlp = linear(d, hidden, 1) + linear(hidden, d, 1)
+        return norm(d) * 3 + attn + mlp + linear(d, num_classes, 1)
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
         t = map_to_tokens(x)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blocks.formulas import Cost, conv, norm
+
 __all__ = [
     "DropPath",
     "LayerNorm2d",
@@ -106,6 +108,13 @@ class Transition(nn.Module):
         padding = 0 if self.pads_input else kernel // 2
         self.conv = nn.Conv2d(in_width, out_width, kernel, stride=stride, padding=padding)
         self.norm = LayerNorm2d(out_width, eps=eps)
+
+    @staticmethod
+    def cost(in_width: int, out_width: int, *, stride: int, kernel: int, pixels: int) -> Cost:
+        """Parameters and MACs for an output map of ``pixels`` positions."""
+        if stride == 1 and in_width == out_width:
+            return Cost()
+        return conv(in_width, out_width, 1 if stride == 1 else kernel, pixels) + norm(out_width)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.identity:

@@ -1,16 +1,26 @@
-"""Registries of block types, stems and heads, and the options base class of a block type.
+"""Registries of block types, stems and heads; the stage and options base classes.
 
 A registry is a small name -> object table filled by decorators: a duplicate name is an error,
-an unknown name is an error that lists the known ones. ``blocks`` never imports ``space``; what it
-needs of a genotype is described by the ``StageLike`` and ``ArchLike`` protocols below, which
-``space.genotype.StageSpec`` and ``ArchSpec`` satisfy.
+an unknown name is an error that lists the known ones. A block type is a ``Stage`` subclass; a
+stem is a module class with a ``stride`` (2 or 4), ``__init__(width)`` and
+``cost(width, resolution)``; a head is a module class with
+``__init__(last_stage, *, width, num_classes, dropout)``, ``forward(x, tokens)`` and
+``cost(last_stage, *, width, num_classes, feature_size, tokens)``.
+
+``blocks`` never imports ``space``; what it needs of a genotype is described by the
+``StageLike`` and ``ArchLike`` protocols below, which ``space.genotype.StageSpec`` and
+``ArchSpec`` satisfy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from torch import Tensor, nn
+
+from blocks.formulas import Cost
 
 __all__ = [
     "BLOCKS",
@@ -19,6 +29,7 @@ __all__ = [
     "ArchLike",
     "BlockOptions",
     "Registry",
+    "Stage",
     "StageLike",
 ]
 
@@ -92,6 +103,45 @@ class BlockOptions:
         """Raise ``ValueError`` if a stage with these options cannot follow ``previous``."""
 
 
-BLOCKS: Registry[type] = Registry("block type")
+class Stage(nn.Module):
+    """A stage of one block type, registered in ``BLOCKS``; the backbone calls, in order:
+
+    ``__init__(spec, *, in_width, stride, feature_size, drop_path, tokens_in)``: build from a
+    stage genotype; the stage opens by taking ``in_width`` channels to ``spec.width`` and
+    dividing the map side by ``stride`` (1 or 2), ``feature_size`` is its map side at the
+    genotype's resolution, ``drop_path`` its blocks' stochastic-depth rates, and ``tokens_in``
+    whether the previous stage passes semantic tokens;
+    ``forward(x, tokens) -> (x, tokens)``: map a (B, C_in, H, W) map and optional semantic tokens
+    to (B, C, ceil(H / stride), ceil(W / stride)) and the tokens it passes on, or None.
+
+    ``cost`` gives the stage's parameters and MACs from the same arguments without building it.
+    """
+
+    options_type: ClassVar[type[BlockOptions]]
+
+    @staticmethod
+    def token_count(spec: StageLike) -> int:
+        """How many semantic tokens the stage passes on (0: none)."""
+        return 0
+
+    @classmethod
+    def cost(
+        cls,
+        spec: StageLike,
+        *,
+        in_width: int,
+        stride: int,
+        in_size: int,
+        feature_size: int,
+        tokens_in: bool,
+    ) -> Cost:
+        """Parameters and MACs for an ``in_size`` input map and a ``feature_size`` output map."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+
+BLOCKS: Registry[type[Stage]] = Registry("block type")
 STEMS: Registry[type] = Registry("stem")
 HEADS: Registry[type] = Registry("head")
