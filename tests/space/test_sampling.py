@@ -1,0 +1,124 @@
+"""The budget-aware sampler: hard budget, budget used, whole space covered, reproducible."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import optuna
+import pytest
+
+from space.cost import count, estimate
+from space.genotype import ArchSpec
+from space.sampling import SPACE, sample, smallest_macs
+
+BUDGETS = (600_000_000, 1_500_000_000, 4_000_000_000, 9_000_000_000)
+
+
+def draw(budget: int, n: int, seed: int = 0) -> tuple[list[ArchSpec], list[dict]]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    archs, params = [], []
+    for _ in range(n):
+        trial = study.ask()
+        archs.append(sample(trial, budget))
+        params.append(trial.params)
+        study.tell(trial, 0.0)
+    return archs, params
+
+
+@pytest.fixture(scope="module")
+def drawn() -> dict[int, tuple[list[ArchSpec], list[dict]]]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return {budget: draw(budget, 500) for budget in BUDGETS}
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_never_over_budget_and_budget_used(drawn: dict, budget: int) -> None:
+    archs, _ = drawn[budget]
+    macs = [estimate(arch).macs for arch in archs]
+    assert max(macs) <= budget
+    assert sum(m >= 0.7 * budget for m in macs) >= 0.95 * len(macs)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_fvcore_agrees_on_a_sampled_architecture(drawn: dict, budget: int) -> None:
+    """estimate() is what the sampler trusts; fvcore's count must give the same figures."""
+    arch = drawn[budget][0][0]
+    assert count(arch) == estimate(arch)
+    assert count(arch).macs <= budget
+
+
+@pytest.mark.slow
+def test_fvcore_agrees_on_100_sampled_architectures(drawn: dict) -> None:
+    """25 per budget (about 3 minutes)."""
+    for budget in BUDGETS:
+        for arch in drawn[budget][0][1:26]:
+            assert count(arch) == estimate(arch)
+            assert count(arch).macs <= budget
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_every_block_type_and_every_value_appears(drawn: dict, budget: int) -> None:
+    archs, params = drawn[budget]
+    blocks_at = {(i, stage.block) for arch in archs for i, stage in enumerate(arch.stages)}
+    assert blocks_at == {(i, b) for i in range(4) for b in SPACE["block"]}
+    seen: dict[str, set] = defaultdict(set)
+    for trial_params in params:
+        for name, value in trial_params.items():
+            seen[name].add(value)
+    assert seen["stem_width"] == set(SPACE["stem_width"])
+    assert seen["dual_tokens"] == set(SPACE["dual_tokens"])
+    for i in range(4):
+        low, high = SPACE["depth"][i]
+        assert seen[f"s{i}_depth"] == set(range(low, high + 1))
+        per_stage = ("width", "heads", "kv_reduction", "dual_mode")
+        for name in per_stage:
+            assert seen[f"s{i}_{name}"] == set(SPACE[name][i]), name
+        for name in ("mlp_ratio", "cot_ratio", "cot_kernel", "split", "stripe"):
+            assert seen[f"s{i}_{name}"] == set(SPACE[name]), name
+    # the options drawn survive the fit into the architectures
+    options = defaultdict(set)
+    for arch in archs:
+        for stage in arch.stages:
+            options[stage.block].add(stage.options)
+    assert {o.kv_reduction for o in options["cmt"]} == {1, 2, 4, 8}
+    assert {o.stripe for o in options["aewin"]} == set(SPACE["stripe"])
+    assert len({o.split for o in options["aewin"]}) == len(SPACE["split"])
+    assert {o.kernel for o in options["cot"]} == set(SPACE["cot_kernel"])
+    assert {(o.tokens, o.mode) for o in options["dual"]} >= {(64, "dual"), (16, "merge")}
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_json_of_every_sampled_architecture_round_trips(drawn: dict, budget: int) -> None:
+    for arch in drawn[budget][0]:
+        assert ArchSpec.from_json(arch.to_json()) == arch
+
+
+def test_same_seed_same_architectures() -> None:
+    first, _ = draw(4_000_000_000, 20, seed=7)
+    again, _ = draw(4_000_000_000, 20, seed=7)
+    other, _ = draw(4_000_000_000, 20, seed=8)
+    assert [a.to_json() for a in first] == [a.to_json() for a in again]
+    assert [a.to_json() for a in first] != [a.to_json() for a in other]
+
+
+def test_budget_below_the_smallest_architecture_names_it() -> None:
+    floor = smallest_macs(224)
+    trial = optuna.create_study().ask()
+    with pytest.raises(ValueError, match=f"smallest architecture .* \\({floor:,} MACs"):
+        sample(trial, floor - 1)
+
+
+def test_budget_just_above_the_smallest_still_fits() -> None:
+    """Near the floor most draws cannot shrink enough; they fall back to the smallest one."""
+    budget = smallest_macs(224) + 5_000_000
+    archs, _ = draw(budget, 20)
+    assert all(estimate(arch).macs <= budget for arch in archs)
+
+
+@pytest.mark.parametrize("resolution", [160, 256])
+def test_other_resolutions(resolution: int) -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        arch = sample(study.ask(), 2_000_000_000, resolution=resolution)
+        assert arch.resolution == resolution
+        assert estimate(arch).macs <= 2_000_000_000
