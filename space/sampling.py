@@ -2,11 +2,12 @@
 trial, used by every search backend.
 
 A draw picks, per stage, a block type and its hyper-parameters (below, ``SPACE``) with
-``trial.suggest_*`` only. The draw fixes the architecture's shape; its size is then fitted to
-the budget: depths and widths are scaled together (``space.scaling.scale_by``, depth by
-1.2^phi and width by 1.3^phi at the fixed resolution) to the largest phi whose MACs
-(``space.cost.estimate``, equal to fvcore's count) are within the budget, and one stage at a
-time is then deepened or widened while the budget allows. An architecture over the budget is
+``trial.suggest_*`` only, and the share of the budget to use (``budget_use``, 0.75 to 1, so that
+the search can trade MACs for accuracy). The draw fixes the architecture's shape; its size is
+then fitted to that share of the budget: depths and widths are scaled together
+(``space.scaling.scale_by``, depth by 1.2^phi and width by 1.3^phi at the fixed resolution) to
+the largest phi whose MACs (``space.cost.estimate``, equal to fvcore's count) fit, and one stage
+at a time is then deepened or widened while they still fit. An architecture over the budget is
 never returned.
 """
 
@@ -35,6 +36,8 @@ class TrialLike(Protocol):
 
     def suggest_int(self, name: str, low: int, high: int) -> int: ...
 
+    def suggest_float(self, name: str, low: float, high: float) -> float: ...
+
 
 SPLITS = {
     "1/4,1/4,1/2": (0.25, 0.25, 0.5),  # the AEWin paper
@@ -61,6 +64,7 @@ SPACE: dict[str, Any] = {
     "dual_tokens": (16, 36, 64),
     "dual_mode": (("dual",), ("dual",), ("dual", "merge"), ("dual", "merge")),
     "head_width": 1280,
+    "budget_use": (0.75, 1.0),
 }
 FIT_LOW, FIT_HIGH = -24.0, 8.0  # phi range of the fit; at -24 every depth is 1, widths minimal
 
@@ -203,7 +207,7 @@ def smallest_macs(resolution: int = 224) -> int:
 
 
 def sample(trial: TrialLike, budget_macs: int, resolution: int = 224) -> ArchSpec:
-    """Draw an architecture from ``trial`` and fit it to at most ``budget_macs`` MACs.
+    """Draw an architecture from ``trial`` and fit it to its drawn share of ``budget_macs``.
 
     Only ``trial.suggest_*`` is called, so any Optuna sampler (and Ray Tune's Optuna searcher)
     drives it; the same suggestions give the same architecture. A draw whose smallest scaling
@@ -217,10 +221,11 @@ def sample(trial: TrialLike, budget_macs: int, resolution: int = 224) -> ArchSpe
             f"search space at {resolution}px ({floor:,} MACs = {floor / 1e9:.3f} GMACs)"
         )
     tokens: list[int] = []
+    target = max(floor, int(trial.suggest_float("budget_use", *SPACE["budget_use"]) * budget_macs))
     stem_width = trial.suggest_categorical("stem_width", SPACE["stem_width"])
     stages = [_draw_stage(trial, i, tokens) for i in range(NUM_STAGES)]
-    fitted = _fit(_build(stem_width, resolution, stages), budget_macs)
+    fitted = _fit(_build(stem_width, resolution, stages), target)
     if fitted is None:
-        fitted = _fit(_smallest(resolution), budget_macs)
+        fitted = _fit(_smallest(resolution), target)
     assert fitted is not None and estimate(fitted).macs <= budget_macs
     return fitted

@@ -66,6 +66,7 @@ def test_every_block_type_and_every_value_appears(drawn: dict, budget: int) -> N
         for name, value in trial_params.items():
             seen[name].add(value)
     assert seen["stem_width"] == set(SPACE["stem_width"])
+    assert min(seen["budget_use"]) < 0.77 and max(seen["budget_use"]) > 0.98
     assert seen["dual_tokens"] == set(SPACE["dual_tokens"])
     for i in range(4):
         low, high = SPACE["depth"][i]
