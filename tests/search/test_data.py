@@ -1,0 +1,122 @@
+"""Datasets: the embedded ones, CIFAR pickles and image folders made here, and clear errors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from search import data
+
+
+@pytest.mark.parametrize(("name", "size", "n_val"), [("mnist5k", 28, 1000), ("digits", 8, 359)])
+def test_embedded_sets(name: str, size: int, n_val: int) -> None:
+    train, val, classes, image_size = data.load(name)
+    assert (classes, image_size, len(val)) == (10, size, n_val)
+    image, label = train[0]
+    assert image.dtype == torch.uint8 and image.shape == (1, size, size)
+    assert 0 <= int(label) < 10
+    assert set(val.labels.tolist()) == set(range(10))  # stratified
+    again = data.load(name)
+    assert torch.equal(again.val.labels, val.labels)  # a fixed split
+
+
+def test_default_is_the_chosen_embedded_set() -> None:
+    assert data.load("default") is data.load(data.DEFAULT)
+
+
+def write_cifar(root: Path, classes: int, per_file: int = 6) -> None:
+    rng = np.random.default_rng(0)
+
+    def dump(name: str, n: int) -> None:
+        key = b"labels" if classes == 10 else b"fine_labels"
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            key: rng.integers(0, classes, n).tolist(),
+        }
+        (root / name).write_bytes(pickle.dumps(batch))
+
+    root.mkdir(parents=True)
+    if classes == 10:
+        for i in range(1, 6):
+            dump(f"data_batch_{i}", per_file)
+        dump("test_batch", per_file)
+    else:
+        dump("train", 5 * per_file)
+        dump("test", per_file)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_pickles(tmp_path: Path, classes: int) -> None:
+    inner = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+    write_cifar(tmp_path / inner, classes)
+    name = "cifar10" if classes == 10 else "cifar100"
+    for path in (tmp_path / inner, tmp_path):  # the folder itself or its parent
+        train, val, n_classes, size = data.load(f"{name}:{path}")
+        assert (len(train), len(val), n_classes, size) == (30, 6, classes, 32)
+        image, _ = train[0]
+        assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+
+
+def test_malformed_cifar_folder_names_the_missing_file(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "c", 10)
+    (tmp_path / "c" / "data_batch_3").unlink()
+    with pytest.raises(ValueError, match=r"missing file .*data_batch_3"):
+        data.load(f"cifar10:{tmp_path / 'c'}")
+    (tmp_path / "c" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"cannot read .*data_batch_3"):
+        data.load(f"cifar10:{tmp_path / 'c'}")
+
+
+def write_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "owl"), n: int = 5) -> None:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+
+
+def test_image_folder_split_and_resized(tmp_path: Path) -> None:
+    write_folder(tmp_path / "pets")
+    train, val, classes, size = data.load(f"folder:{tmp_path / 'pets'}")
+    assert (len(train), len(val), classes, size) == (12, 3, 3, 64)
+    image, label = train[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8 and label == 0
+    _, _, _, size = data.load(f"folder:{tmp_path / 'pets'}@40")
+    assert size == 40
+
+
+def test_image_folder_with_train_and_val(tmp_path: Path) -> None:
+    write_folder(tmp_path / "set" / "train", n=4)
+    write_folder(tmp_path / "set" / "val", n=2)
+    train, val, classes, _ = data.load(f"folder:{tmp_path / 'set'}")
+    assert (len(train), len(val), classes) == (12, 6, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("imagenet", "unknown dataset 'imagenet'"),
+        ("cifar10", "unknown dataset"),
+        ("cifar10:/no/such/place", "'/no/such/place' does not exist"),
+        ("folder:/no/such/place", "does not exist"),
+        ("mnist5k:extra", "unknown dataset"),
+    ],
+)
+def test_bad_names(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        data.load(name)
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    write_folder(tmp_path / "one", classes=("only",))
+    with pytest.raises(ValueError, match="at least two class sub-folders"):
+        data.load(f"folder:{tmp_path / 'one'}")
+    write_folder(tmp_path / "two", classes=("a", "b"))
+    with pytest.raises(ValueError, match="image size"):
+        data.load(f"folder:{tmp_path / 'two'}@big")
