@@ -1,0 +1,268 @@
+"""Proxy training: a short training that scores a candidate architecture.
+
+The model is built at the proxy resolution (``dataclasses.replace(arch, resolution=...)``; the
+genotype's blocks, widths and depths are unchanged). Images are resized to it in batches
+(small images upsampled), lightly augmented (random shifts of an eighth of the side; horizontal
+flips for natural images), and trained with AdamW, a linear warm-up and cosine decay, and label
+smoothing. Validation top-1 is measured after every epoch. The same code runs on CUDA with mixed
+precision (bfloat16 where supported, else float16 with loss scaling) and channels_last; on the
+CPU it is deterministic for a seed.
+
+A NaN or infinite loss or running out of memory ends that training with a failed
+``ProxyResult`` that says why; it never raises. An exception raised by the ``report`` callback
+(an Optuna pruner's ``TrialPruned``, say) is not caught.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from blocks import build_model
+from search.data import ImageData, ImageTensorDataset
+from space.genotype import ArchSpec
+
+__all__ = ["DEFAULTS", "ProxyResult", "ProxySettings", "train"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxySettings:
+    """The proxy's schedule; the defaults are the default proxy (chosen by
+    ``benchmarks/fidelity.py``; see README)."""
+
+    epochs: int = 3
+    resolution: int = 32
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.1
+
+
+DEFAULTS = ProxySettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyResult:
+    """The outcome of one proxy training; ``accuracy`` is validation top-1 in [0, 1]."""
+
+    accuracy: float
+    epoch_accuracies: tuple[float, ...]
+    seconds: float
+    images_per_second: float
+    failed: bool = False
+    reason: str = ""
+
+
+class TrainingFailed(Exception):
+    """Raised inside ``train`` to end a training that cannot go on (NaN loss)."""
+
+
+def _batches(
+    data: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(uint8 images, labels) batches; in-memory sets are indexed directly, others loaded."""
+    if isinstance(data, ImageTensorDataset):
+        n = len(data)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield data.images[idx].to(device), data.labels[idx].to(device)
+        return
+    workers = min(4, torch.get_num_threads())
+    loader = DataLoader(
+        data,
+        batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    for images, labels in loader:
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def _prepare(
+    images: Tensor,
+    resolution: int,
+    *,
+    augment: bool,
+    flips: bool,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """uint8 (B, C, h, w) -> normalised float (B, 3, resolution, resolution)."""
+    x = images.float().div_(255.0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-1] != resolution or x.shape[-2] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    if augment:
+        x = _random_shift(x, max(1, resolution // 8), generator)
+        if flips:
+            flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return (x - 0.5) / 0.25
+
+
+def _random_shift(x: Tensor, pad: int, generator: torch.Generator | None) -> Tensor:
+    """Shift each image by up to ``pad`` pixels each way (zero fill): pad, then crop."""
+    b, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
+    rows = (offsets[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (offsets[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def _evaluate(
+    model: nn.Module,
+    val: Dataset,
+    settings: ProxySettings,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> float:
+    model.eval()
+    correct, total = 0, 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        for images, labels in _batches(
+            val, 256, shuffle=False, generator=torch.Generator(), device=device
+        ):
+            x = _prepare(images, settings.resolution, augment=False, flips=False, generator=None)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            correct += int((model(x).argmax(dim=1) == labels).sum())
+            total += len(labels)
+    model.train()
+    return correct / max(total, 1)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def train(
+    arch: ArchSpec,
+    data: ImageData,
+    *,
+    epochs: int = DEFAULTS.epochs,
+    resolution: int = DEFAULTS.resolution,
+    seed: int = 0,
+    device: str = "cpu",
+    settings: ProxySettings = DEFAULTS,
+    report: Callable[[int, float], None] | None = None,
+    progress: bool | None = None,
+) -> ProxyResult:
+    """Train ``arch`` on ``data`` for ``epochs`` at ``resolution``; see the module docstring.
+
+    ``report(epoch, accuracy)`` is called after every epoch (for pruning); ``progress`` shows a
+    tqdm bar (default: when standard error is a terminal).
+    """
+    settings = dataclasses.replace(settings, epochs=epochs, resolution=resolution)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
+    train_set, val_set, num_classes, _ = data
+    start = time.perf_counter()
+    seen, accuracies = 0, []
+    model: nn.Module | None = None
+    try:
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        model = build_model(dataclasses.replace(arch, resolution=resolution), num_classes).to(dev)
+        amp = None
+        if dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": settings.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=settings.lr,
+        )
+        steps = epochs * math.ceil(len(train_set) / settings.batch_size)
+        warmup = max(1, round(steps * settings.warmup_fraction))
+        schedule = torch.optim.lr_scheduler.SequentialLR(
+            optimizer,
+            [
+                torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, total_iters=warmup),
+                torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps - warmup)),
+            ],
+            milestones=[warmup],
+        )
+        flips = getattr(train_set, "natural", False)
+        bar = _progress_bar(steps, arch, progress)
+        for epoch in range(epochs):
+            for images, labels in _batches(
+                train_set, settings.batch_size, shuffle=True, generator=generator, device=dev
+            ):
+                x = _prepare(images, resolution, augment=True, flips=flips, generator=generator)
+                if dev.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                    loss = F.cross_entropy(
+                        model(x), labels, label_smoothing=settings.label_smoothing
+                    )
+                if not torch.isfinite(loss):
+                    raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
+                seen += len(labels)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            accuracies.append(_evaluate(model, val_set, settings, dev, amp))
+            if bar is not None:
+                bar.set_postfix(val=f"{accuracies[-1]:.3f}")
+            if report is not None:
+                report(epoch, accuracies[-1])
+        if bar is not None:
+            bar.close()
+    except TrainingFailed as failure:
+        return _failed(str(failure), accuracies, start, seen)
+    except (RuntimeError, torch.OutOfMemoryError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        del model
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        return _failed(f"out of memory: {str(error).splitlines()[0]}", accuracies, start, seen)
+    seconds = time.perf_counter() - start
+    return ProxyResult(accuracies[-1], tuple(accuracies), seconds, seen / seconds)
+
+
+def _failed(reason: str, accuracies: list[float], start: float, seen: int) -> ProxyResult:
+    seconds = time.perf_counter() - start
+    return ProxyResult(0.0, tuple(accuracies), seconds, seen / max(seconds, 1e-9), True, reason)
+
+
+def _progress_bar(steps: int, arch: ArchSpec, progress: bool | None) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=f"proxy {arch.block_mix}", unit="step", leave=False)

@@ -1,0 +1,119 @@
+"""Proxy training: learns, is deterministic on the CPU, and fails softly with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import search.proxy as proxy
+from blocks.cmt import CMTOptions
+from blocks.dualvit import DualOptions
+from search import data
+from search.data import ImageData, ImageTensorDataset
+from space.genotype import ArchSpec, StageSpec
+from tests.search.test_data import write_folder
+
+
+def tiny_arch() -> ArchSpec:
+    stages = (
+        StageSpec("cmt", 1, 16, 1, 2.0, CMTOptions(4)),
+        StageSpec("cot", 1, 32, 1, 2.0),
+        StageSpec("aewin", 1, 32, 2, 2.0),
+        StageSpec("dual", 1, 64, 2, 2.0, DualOptions(16, "merge")),
+    )
+    return ArchSpec(stages, 224, stem="cmt", stem_width=16, head="conv", head_width=64)
+
+
+@pytest.fixture(scope="module")
+def digits_subset() -> ImageData:
+    train, val, classes, size = data.load("digits")
+    subset = ImageTensorDataset(train.images[:512], train.labels[:512], natural=False)
+    return ImageData(subset, val, classes, size)
+
+
+def test_proxy_learns(digits_subset: ImageData) -> None:
+    result = proxy.train(tiny_arch(), digits_subset, epochs=3, resolution=32)
+    assert not result.failed and result.reason == ""
+    assert len(result.epoch_accuracies) == 3 and result.accuracy == result.epoch_accuracies[-1]
+    assert result.accuracy > 0.3  # chance is 0.1
+    assert result.seconds > 0 and result.images_per_second > 0
+
+
+def test_same_seed_same_accuracy(digits_subset: ImageData) -> None:
+    first = proxy.train(tiny_arch(), digits_subset, epochs=1, resolution=32, seed=3)
+    again = proxy.train(tiny_arch(), digits_subset, epochs=1, resolution=32, seed=3)
+    assert first.epoch_accuracies == again.epoch_accuracies
+
+
+def test_report_is_called_every_epoch_and_may_stop_training(digits_subset: ImageData) -> None:
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def report(epoch: int, accuracy: float) -> None:
+        calls.append((epoch, accuracy))
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        proxy.train(tiny_arch(), digits_subset, epochs=4, resolution=32, report=report)
+    assert [epoch for epoch, _ in calls] == [0, 1]
+
+
+def test_nan_loss_gives_a_failed_result(
+    digits_subset: ImageData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = proxy.build_model
+
+    def poisoned(*args: object, **kwargs: object) -> torch.nn.Module:
+        model = build(*args, **kwargs)
+        model.head.fc.register_forward_hook(lambda module, inputs, out: out * float("nan"))
+        return model
+
+    monkeypatch.setattr(proxy, "build_model", poisoned)
+    result = proxy.train(tiny_arch(), digits_subset, epochs=2, resolution=32)
+    assert result.failed and "nan" in result.reason.lower() and "epoch 1" in result.reason
+    assert result.accuracy == 0.0
+
+
+def test_out_of_memory_gives_a_failed_result(
+    digits_subset: ImageData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = proxy.build_model
+
+    def hungry(*args: object, **kwargs: object) -> torch.nn.Module:
+        model = build(*args, **kwargs)
+
+        def boom(module: torch.nn.Module, inputs: object) -> None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+        model.stages[2].register_forward_pre_hook(boom)
+        return model
+
+    monkeypatch.setattr(proxy, "build_model", hungry)
+    result = proxy.train(tiny_arch(), digits_subset, epochs=1, resolution=32)
+    assert result.failed and result.reason.startswith("out of memory: CUDA out of memory")
+
+
+def test_other_errors_are_not_hidden(
+    digits_subset: ImageData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proxy, "build_model", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        proxy.train(tiny_arch(), digits_subset, epochs=1, resolution=32)
+
+
+def test_image_folder_trains_through_a_loader(tmp_path: Path) -> None:
+    write_folder(tmp_path / "pets", n=8)
+    folder = data.load(f"folder:{tmp_path / 'pets'}@32")
+    result = proxy.train(tiny_arch(), folder, epochs=1, resolution=32)
+    assert not result.failed and 0.0 <= result.accuracy <= 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_asked_for_without_cuda(digits_subset: ImageData) -> None:
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        proxy.train(tiny_arch(), digits_subset, epochs=1, device="cuda")
