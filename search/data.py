@@ -24,7 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["DEFAULT", "NAMES", "FolderDataset", "ImageData", "ImageTensorDataset", "load"]
+__all__ = [
+    "DEFAULT",
+    "NAMES",
+    "FolderDataset",
+    "ImageData",
+    "ImageTensorDataset",
+    "absolute",
+    "load",
+]
 
 DEFAULT = "mnist5k"
 NAMES = ("default", "mnist5k", "digits", "cifar10:PATH", "cifar100:PATH", "folder:PATH[@SIZE]")
@@ -183,6 +191,15 @@ def _folder(path: Path, size: int) -> ImageData:
         train, val = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
         index = {name: i for i, name in enumerate(sorted(class_files))}
     return ImageData(FolderDataset(train, size), FolderDataset(val, size), len(index), size)
+
+
+def absolute(name: str) -> str:
+    """``name`` with its path made absolute (for workers that run in another directory)."""
+    kind, sep, rest = str(name).partition(":")
+    if not sep or kind not in ("cifar10", "cifar100", "folder"):
+        return name
+    path, at, size = rest.rpartition("@") if kind == "folder" and "@" in rest else (rest, "", "")
+    return f"{kind}:{Path(path).expanduser().resolve()}{at}{size}"
 
 
 def load(name: str) -> ImageData:

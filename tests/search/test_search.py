@@ -1,0 +1,254 @@
+"""The search drivers: budgets kept, failures recorded, resume after SIGKILL, reproducible."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import search.optuna_backend as optuna_backend
+from search import SearchConfig, run
+from search.proxy import ProxyResult
+from search.pruning import DominancePruner, Finished, TrialStopped
+from search.records import COLUMNS
+
+TINY = dict(budget="0.12GFLOPs", data="digits", epochs=1)
+
+
+def fake_train(arch, data, *, epochs, report=None, **kwargs):
+    """A deterministic stand-in for proxy training: accuracy from the architecture's hash."""
+    digest = hashlib.sha256(arch.to_json().encode()).digest()
+    accuracies = [(digest[0] + 40 * e) / 400 for e in range(epochs)]
+    for epoch, accuracy in enumerate(accuracies):
+        if report is not None:
+            report(epoch, accuracy)
+    return ProxyResult(accuracies[-1], tuple(accuracies), 0.01, 1000.0)
+
+
+@pytest.fixture
+def fake_proxy(monkeypatch: pytest.MonkeyPatch) -> list:
+    calls = []
+
+    def counted(arch, data, **kwargs):
+        calls.append(arch.to_json())
+        return fake_train(arch, data, **kwargs)
+
+    monkeypatch.setattr(optuna_backend.proxy, "train", counted)
+    return calls
+
+
+def test_optuna_search_on_the_embedded_dataset(tmp_path: Path) -> None:
+    """The acceptance search: 6 real proxy trainings; nothing trained over the budget."""
+    config = SearchConfig(**TINY, trials=6, out=str(tmp_path / "run"), seed=0)
+    table = run(config)
+    assert list(table.columns) == COLUMNS
+    assert len(table) == 6 and set(table.state) <= {"COMPLETE", "PRUNED"}
+    assert (table.macs <= config.budget_macs).all()
+    assert table.accuracy.between(0, 1).all() and (table.accuracy > 0.1).any()
+    assert table.backend.eq("optuna").all() and table.arch.str.startswith("{").all()
+    assert (table.end >= table.start).all()
+
+
+def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def flaky(arch, data, **kwargs):
+        if flaky.calls == 2:
+            flaky.calls += 1
+            raise RuntimeError("boom in the third trial")
+        flaky.calls += 1
+        return fake_train(arch, data, **kwargs)
+
+    flaky.calls = 0
+    monkeypatch.setattr(optuna_backend.proxy, "train", flaky)
+    table = run(SearchConfig(**TINY, trials=5, out=str(tmp_path / "run")))
+    assert len(table) == 5
+    failed = table[table.state == "FAIL"]
+    assert (
+        len(failed) == 1 and failed.fail_reason.iloc[0] == "RuntimeError: boom in the third trial"
+    )
+    assert (table.state == "COMPLETE").sum() == 4
+
+
+def test_a_failed_proxy_is_recorded_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nan(arch, data, **kwargs):
+        return ProxyResult(0.0, (), 0.1, 10.0, True, "the loss became nan in epoch 1")
+
+    monkeypatch.setattr(optuna_backend.proxy, "train", nan)
+    table = run(SearchConfig(**TINY, trials=2, out=str(tmp_path / "run")))
+    assert (table.state == "FAIL").all()
+    assert table.fail_reason.eq("the loss became nan in epoch 1").all()
+
+
+def test_same_seed_same_architectures(tmp_path: Path, fake_proxy: list) -> None:
+    first = run(SearchConfig(**TINY, trials=8, out=str(tmp_path / "a"), seed=4))
+    again = run(SearchConfig(**TINY, trials=8, out=str(tmp_path / "b"), seed=4))
+    other = run(SearchConfig(**TINY, trials=8, out=str(tmp_path / "c"), seed=5))
+    assert first.arch.tolist() == again.arch.tolist()
+    assert first.arch.tolist() != other.arch.tolist()
+
+
+def test_rerunning_a_finished_search_trains_nothing(tmp_path: Path, fake_proxy: list) -> None:
+    config = SearchConfig(**TINY, trials=4, out=str(tmp_path / "run"))
+    first = run(config)
+    trained = len(fake_proxy)
+    again = run(config)
+    assert len(fake_proxy) == trained
+    pd.testing.assert_frame_equal(first, again)
+    more = run(dataclasses.replace(config, trials=6))
+    assert len(more) == 6 and more.arch.iloc[:4].tolist() == first.arch.tolist()
+
+
+def test_duplicate_architectures_are_not_trained_twice(tmp_path: Path, fake_proxy: list) -> None:
+    config = SearchConfig(**TINY, trials=1, out=str(tmp_path / "run"))
+    first = run(config)
+    study = optuna_backend.open_study(config, optuna_backend.journal(config.out))
+    study.enqueue_trial(study.trials[0].params)
+    table = run(dataclasses.replace(config, trials=2))
+    assert len(fake_proxy) == 1
+    assert table.duplicate_of.iloc[1] == 0 and table.arch.iloc[1] == first.arch.iloc[0]
+    assert table.accuracy.iloc[1] == table.accuracy.iloc[0] and table.train_seconds.iloc[1] == 0
+
+
+def test_dominance_pruner() -> None:
+    pruner = DominancePruner(quorum=2, min_finished=3)
+    finished = [Finished(90, (0.8, 0.9)), Finished(100, (0.7, 0.8)), Finished(120, (0.9, 0.95))]
+    pruner.check(0, 0.5, 100, epochs=2, finished=finished[:2])  # too few finished trials
+    pruner.check(0, 0.5, 80, epochs=2, finished=finished)  # cheaper than all of them: kept
+    pruner.check(1, 0.1, 100, epochs=2, finished=finished)  # the last epoch is never pruned
+    with pytest.raises(TrialStopped, match="after epoch 1: 2 finished trials"):
+        pruner.check(0, 0.5, 100, epochs=2, finished=finished)
+
+
+def test_hopeless_trials_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def declining(arch, data, *, epochs, report=None, **kwargs):
+        declining.calls += 1
+        accuracies = [1.0 / declining.calls] * epochs  # every new trial is worse than all before
+        for epoch, accuracy in enumerate(accuracies):
+            report(epoch, accuracy)
+        return ProxyResult(accuracies[-1], tuple(accuracies), 0.01, 1000.0)
+
+    declining.calls = 0
+    monkeypatch.setattr(optuna_backend.proxy, "train", declining)
+    table = run(SearchConfig(**{**TINY, "epochs": 3}, trials=8, out=str(tmp_path / "run")))
+    pruned = table[table.state == "PRUNED"]
+    assert len(pruned) >= 1
+    assert pruned.fail_reason.str.startswith("stopped after epoch 1").all()
+    assert pruned.epoch_accuracies.map(lambda text: len(json.loads(text))).eq(1).all()
+
+
+def test_another_process_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    config = SearchConfig(**TINY, trials=1, out=str(tmp_path / "run"))
+    with (
+        optuna_backend.folder_lock(Path(config.out)),
+        pytest.raises(RuntimeError, match="another search"),
+    ):
+        run(config)
+
+
+def _running_trial_with_arch(journal: Path) -> bool:
+    import optuna
+
+    if not journal.exists():
+        return False
+    storage = optuna_backend.journal(journal.parent)
+    try:
+        study = optuna.load_study(study_name=optuna_backend.STUDY_NAME, storage=storage)
+    except KeyError:
+        return False
+    trials = study.get_trials(deepcopy=False)
+    complete = sum(t.state.name == "COMPLETE" for t in trials)
+    return complete >= 2 and any(
+        t.state.name == "RUNNING" and "arch" in t.user_attrs for t in trials
+    )
+
+
+def test_sigkill_during_a_trial_then_resume(tmp_path: Path) -> None:
+    """Kill -9 while a trial trains; rerunning the same command keeps every finished trial,
+    fails the killed one and redoes its architecture."""
+    out = tmp_path / "run"
+    config = SearchConfig(**{**TINY, "epochs": 2}, trials=5, out=str(out), seed=1)
+    code = (
+        "from search import SearchConfig, run; import json, sys; "
+        "run(SearchConfig.from_json(sys.argv[1]))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, config.to_json()], cwd=os.getcwd())
+    try:
+        deadline = time.time() + 300
+        while not _running_trial_with_arch(out / "study.journal"):
+            assert process.poll() is None, "the search ended before it could be killed"
+            assert time.time() < deadline, "no trial started training in time"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    table = run(config)
+    killed = table[table.fail_reason.str.startswith("interrupted")]
+    assert len(killed) == 1
+    finished = table.drop(killed.index)
+    assert len(finished) == 5 and set(finished.state) <= {"COMPLETE", "PRUNED"}
+    redo = finished[finished.number > killed.number.iloc[0]].iloc[0]
+    assert redo.arch == killed.arch.iloc[0]
+    trained = finished[finished.duplicate_of.isna()]
+    assert not trained.arch.duplicated().any()  # no architecture trained twice
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"budget": "lots"}, "cannot read the budget 'lots'"),
+        ({"backend": "nni"}, "backend must be one of optuna, ray"),
+        ({"trials": 0}, "trials must be an integer >= 1"),
+        ({"sampler": "cmaes"}, "sampler must be one of"),
+        ({"proxy_resolution": 16}, "proxy_resolution must be an integer >= 32"),
+    ],
+)
+def test_bad_configuration(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**change)
+
+
+def test_unknown_setting() -> None:
+    with pytest.raises(ValueError, match=r"unknown setting.*colour"):
+        SearchConfig.from_dict({"colour": "red"})
+
+
+def test_budget_below_the_smallest_architecture_fails_before_the_folder_is_made(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="below the smallest architecture"):
+        run(SearchConfig(budget="10M", data="digits", out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_ray_search_runs_two_trials_at_once(tmp_path: Path) -> None:
+    """The acceptance search with Ray Tune: 6 trials on the embedded set, 1 CPU each."""
+    config = SearchConfig(
+        **{**TINY, "epochs": 2},
+        trials=6,
+        out=str(tmp_path / "run"),
+        backend="ray",
+        cpus_per_trial=1,
+    )
+    table = run(config)
+    assert list(table.columns) == COLUMNS and len(table) == 6
+    assert table.backend.eq("ray").all() and (table.macs <= config.budget_macs).all()
+    assert set(table.state) <= {"COMPLETE", "PRUNED"}
+    spans = sorted(zip(table.start, table.end, strict=True))
+    overlaps = sum(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+    assert overlaps >= 1
