@@ -26,7 +26,7 @@ from space.cost import estimate
 from space.genotype import NUM_STAGES, ArchSpec, StageSpec
 from space.scaling import ALPHA, BETA, round_width, scale_by
 
-__all__ = ["SPACE", "TrialLike", "sample", "smallest_macs"]
+__all__ = ["SPACE", "TrialLike", "check_budget", "sample", "smallest_macs"]
 
 
 class TrialLike(Protocol):
@@ -206,6 +206,18 @@ def smallest_macs(resolution: int = 224) -> int:
     return estimate(_smallest(resolution)).macs
 
 
+def check_budget(budget_macs: int, resolution: int = 224) -> int:
+    """Raise ``ValueError`` naming the smallest reachable MACs if the budget is below them;
+    return them otherwise."""
+    floor = smallest_macs(resolution)
+    if budget_macs < floor:
+        raise ValueError(
+            f"the budget of {budget_macs:,} MACs is below the smallest architecture of the "
+            f"search space at {resolution}px ({floor:,} MACs = {floor / 1e9:.3f} GMACs)"
+        )
+    return floor
+
+
 def sample(trial: TrialLike, budget_macs: int, resolution: int = 224) -> ArchSpec:
     """Draw an architecture from ``trial`` and fit it to its drawn share of ``budget_macs``.
 
@@ -214,12 +226,7 @@ def sample(trial: TrialLike, budget_macs: int, resolution: int = 224) -> ArchSpe
     is still over a small budget falls back to the space's smallest architecture, fitted.
     Raises ``ValueError`` naming the smallest reachable MACs when the budget is below it.
     """
-    floor = smallest_macs(resolution)
-    if budget_macs < floor:
-        raise ValueError(
-            f"the budget of {budget_macs:,} MACs is below the smallest architecture of the "
-            f"search space at {resolution}px ({floor:,} MACs = {floor / 1e9:.3f} GMACs)"
-        )
+    floor = check_budget(budget_macs, resolution)
     tokens: list[int] = []
     target = max(floor, int(trial.suggest_float("budget_use", *SPACE["budget_use"]) * budget_macs))
     stem_width = trial.suggest_categorical("stem_width", SPACE["stem_width"])
