@@ -122,13 +122,15 @@ def _build(stem_width: int, resolution: int, stages: list[tuple[str, dict[str, A
     )
 
 
+def _scaled(arch: ArchSpec, phi: float) -> ArchSpec:
+    """Compound scaling at the architecture's own resolution: depth 1.2^phi, width 1.3^phi."""
+    return scale_by(arch, depth=ALPHA**phi, width=BETA**phi)
+
+
 def _fit(arch: ArchSpec, budget_macs: int) -> ArchSpec | None:
-    """The largest compound scaling of ``arch`` (depth 1.2^phi, width 1.3^phi) within the
-    budget, then single-stage steps up while they fit; None if even the smallest is over."""
-
-    def scaled(phi: float) -> ArchSpec:
-        return scale_by(arch, depth=ALPHA**phi, width=BETA**phi)
-
+    """The largest compound scaling of ``arch`` within the budget, then single-stage steps up
+    while they fit; None if even the smallest scaling is over."""
+    scaled = functools.partial(_scaled, arch)
     low, high = FIT_LOW, FIT_HIGH
     if estimate(scaled(low)).macs > budget_macs:
         return None
@@ -189,11 +191,12 @@ def _cheapest_stage(block: str, i: int) -> dict[str, Any]:
 @functools.lru_cache(maxsize=16)
 def _smallest(resolution: int) -> ArchSpec:
     """The architecture of the space with the fewest MACs at ``resolution``: every block mix,
-    each stage with its cheapest options, at the fit's smallest scale."""
+    each stage with its cheapest options, at the fit's smallest scale (depths 1, widths and
+    the stem at their minimum)."""
     best, best_macs = None, None
     for mix in itertools.product(SPACE["block"], repeat=NUM_STAGES):
         stages = [(block, _cheapest_stage(block, i)) for i, block in enumerate(mix)]
-        arch = _build(min(SPACE["stem_width"]), resolution, stages)
+        arch = _scaled(_build(min(SPACE["stem_width"]), resolution, stages), FIT_LOW)
         macs = estimate(arch).macs
         if best_macs is None or macs < best_macs:
             best, best_macs = arch, macs
