@@ -8,18 +8,29 @@ from __future__ import annotations
 import pandas as pd
 
 from search.config import SearchConfig
-from search.records import TrialRecord, to_frame
+from search.records import OnTrial, TrialRecord, to_frame
 
-__all__ = ["SearchConfig", "TrialRecord", "run"]
+__all__ = ["SearchConfig", "TrialRecord", "run", "trial_table"]
 
 
-def run(config: SearchConfig) -> pd.DataFrame:
-    """Run the search ``config`` describes with its backend; one row per trial
-    (``search.records.COLUMNS``)."""
+def run(config: SearchConfig, on_trial: OnTrial | None = None) -> pd.DataFrame:
+    """Run (or continue) the search ``config`` describes; one row per trial
+    (``search.records.COLUMNS``). ``on_trial(finished, best_accuracy)`` reports progress."""
     if config.backend == "ray":
         from search import ray_backend
 
-        return to_frame(ray_backend.run(config))
+        return to_frame(ray_backend.run(config, on_trial))
     from search import optuna_backend
 
-    return to_frame(optuna_backend.run(config))
+    return to_frame(optuna_backend.run(config, on_trial))
+
+
+def trial_table(config: SearchConfig) -> pd.DataFrame:
+    """The trial table of the run folder ``config.out`` as it stands, without running anything."""
+    if config.backend == "ray":
+        from search import ray_backend
+
+        return to_frame(ray_backend.records(config))
+    from search import optuna_backend
+
+    return to_frame(optuna_backend.records(optuna_backend.load_study(config)))

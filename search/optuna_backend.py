@@ -22,7 +22,7 @@ import fcntl
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -35,15 +35,28 @@ from search import data as datasets
 from search import proxy
 from search.config import SearchConfig
 from search.pruning import DominancePruner, Finished, TrialStopped
-from search.records import TrialRecord
+from search.records import OnTrial, TrialRecord, best_accuracy
 from space.cost import estimate
 from space.sampling import check_budget, sample
 
-__all__ = ["STUDY_NAME", "folder_lock", "journal", "open_study", "records", "run"]
+__all__ = [
+    "STUDY_NAME",
+    "FolderBusy",
+    "folder_lock",
+    "journal",
+    "load_study",
+    "open_study",
+    "records",
+    "run",
+]
 
 STUDY_NAME = "search"
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
 log = logging.getLogger(__name__)
+
+
+class FolderBusy(RuntimeError):
+    """Another process is running a search in the same run folder."""
 
 
 @contextlib.contextmanager
@@ -54,7 +67,7 @@ def folder_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
+            raise FolderBusy(
                 f"another search is running in {out}; wait for it or use another --out"
             ) from None
         yield
@@ -92,6 +105,13 @@ def open_study(config: SearchConfig, storage: JournalStorage) -> optuna.Study:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["accuracy", "macs"])
     return study
+
+
+def load_study(config: SearchConfig) -> optuna.Study:
+    """The run folder's existing study, read-only use; ``ValueError`` if there is none."""
+    if not (Path(config.out) / "study.journal").exists():
+        raise ValueError(f"{config.out} holds no Optuna study (study.journal)")
+    return optuna.load_study(study_name=STUDY_NAME, storage=journal(config.out))
 
 
 def _recover_interrupted(study: optuna.Study, storage: JournalStorage) -> None:
@@ -220,12 +240,10 @@ def records(study: optuna.Study) -> list[TrialRecord]:
     return out
 
 
-def run(
-    config: SearchConfig, on_trial: Callable[[optuna.Study], None] | None = None
-) -> list[TrialRecord]:
+def run(config: SearchConfig, on_trial: OnTrial | None = None) -> list[TrialRecord]:
     """Run (or continue) the search in ``config.out`` until ``config.trials`` slots are used.
 
-    ``on_trial(study)`` is called before the first trial and after each one (progress bars).
+    ``on_trial(finished, best_accuracy)`` is called before the first trial and after each one.
     """
     data = datasets.load(config.data)
     check_budget(config.budget_macs, config.resolution)
@@ -234,10 +252,11 @@ def run(
         study = open_study(config, storage)
         _recover_interrupted(study, storage)
         pruner = DominancePruner() if config.prune else None
-        if on_trial is not None:
-            on_trial(study)
-        while _slots_used(study) < config.trials:
-            _run_trial(study, config, data, pruner)
+        while True:
+            used = _slots_used(study)
             if on_trial is not None:
-                on_trial(study)
+                on_trial(used, best_accuracy([t.values[0] for t in _finished(study)]))
+            if used >= config.trials:
+                break
+            _run_trial(study, config, data, pruner)
         return records(study)

@@ -18,25 +18,54 @@ Results become the same ``TrialRecord`` rows as the Optuna backend's (backend ``
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's quiet reporter; verbose=0 below
+
+import optuna
+import ray
 import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from search import data as datasets
 from search import proxy
 from search.config import SearchConfig
-from search.records import TrialRecord
+from search.records import OnTrial, TrialRecord, best_accuracy
 from space.cost import estimate
 from space.genotype import ArchSpec
 from space.sampling import check_budget, sample
 
-__all__ = ["EXPERIMENT", "ProxyFailed", "run"]
+__all__ = ["EXPERIMENT", "ProxyFailed", "records", "run"]
 
 EXPERIMENT = "ray"
+_PROGRESS: dict[str, OnTrial] = {}  # the current process's progress callback, by name
+
+
+class _Progress(tune.Callback):
+    """Calls this process's ``on_trial`` as trials end. Only its name is pickled into the
+    experiment, so a restored run reports to the process that restores it."""
+
+    def __init__(self) -> None:
+        self.finished: list[float | None] = []
+
+    def _ended(self, trial: Any) -> None:
+        self.finished.append((trial.last_result or {}).get("accuracy"))
+        callback = _PROGRESS.get("on_trial")
+        if callback is not None:
+            callback(len(self.finished), best_accuracy(self.finished))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial)
 
 
 class ProxyFailed(RuntimeError):
@@ -50,8 +79,6 @@ def _space(trial: Any, *, budget: int, resolution: int) -> dict[str, str]:
 
 def _trainable(config: dict[str, Any], *, settings: dict[str, Any]) -> None:
     """One Ray trial: proxy-train the sampled architecture, reporting after every epoch."""
-    from ray import tune
-
     torch.set_num_threads(max(1, int(settings["cpus_per_trial"])))
     arch = ArchSpec.from_json(config["arch"])
     cost = estimate(arch)
@@ -87,20 +114,14 @@ def _trainable(config: dict[str, Any], *, settings: dict[str, Any]) -> None:
         raise ProxyFailed(result.reason)
 
 
-def _sampler(config: SearchConfig) -> Any:
-    import optuna
-
+def _sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
     if config.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True)
     population = max(4, min(50, config.trials // 4))
     return optuna.samplers.NSGAIISampler(population_size=population, seed=config.seed)
 
 
-def _tuner(config: SearchConfig, experiment: Path) -> Any:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
+def _tuner(config: SearchConfig, experiment: Path) -> tune.Tuner:
     settings = {
         "data": datasets.absolute(config.data),
         "epochs": config.epochs,
@@ -139,6 +160,7 @@ def _tuner(config: SearchConfig, experiment: Path) -> Any:
             name=EXPERIMENT,
             storage_path=str(experiment.parent),
             failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[_Progress()],
             verbose=0,
         ),
     )
@@ -179,10 +201,24 @@ def _record(number: int, result: Any, epochs: int) -> TrialRecord:
     )
 
 
-def run(config: SearchConfig) -> list[TrialRecord]:
-    """Run (or resume) the search with Ray Tune; returns one record per trial."""
-    import ray
+def _records(results: Any, epochs: int) -> list[TrialRecord]:
+    return [_record(_number(r.path, i), r, epochs) for i, r in enumerate(results)]
 
+
+def records(config: SearchConfig) -> list[TrialRecord]:
+    """The trials of the run folder's Ray experiment as they stand, without running any."""
+    experiment = Path(config.out).resolve() / EXPERIMENT
+    if not tune.Tuner.can_restore(str(experiment)):
+        raise ValueError(f"{config.out} holds no Ray Tune experiment ({EXPERIMENT}/)")
+    results = tune.Tuner.restore(str(experiment), trainable=_trainable).get_results()
+    return _records(list(results), config.epochs)
+
+
+def run(config: SearchConfig, on_trial: OnTrial | None = None) -> list[TrialRecord]:
+    """Run (or resume) the search with Ray Tune; returns one record per trial.
+
+    ``on_trial(finished, best_accuracy)`` is called as trials end (in this process).
+    """
     datasets.load(config.data)
     check_budget(config.budget_macs, config.resolution)
     experiment = Path(config.out).resolve() / EXPERIMENT
@@ -195,9 +231,11 @@ def run(config: SearchConfig) -> list[TrialRecord]:
             log_to_driver=False,
             configure_logging=False,
         )
+    if on_trial is not None:
+        _PROGRESS["on_trial"] = on_trial
     try:
-        results = list(_tuner(config, experiment).fit())
-        return [_record(_number(r.path, i), r, config.epochs) for i, r in enumerate(results)]
+        return _records(list(_tuner(config, experiment).fit()), config.epochs)
     finally:
+        _PROGRESS.pop("on_trial", None)
         if started_here:
             ray.shutdown()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import datetime
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "STATES", "TrialRecord", "to_frame"]
+__all__ = ["COLUMNS", "STATES", "OnTrial", "TrialRecord", "best_accuracy", "to_frame"]
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
 
@@ -40,6 +41,14 @@ class TrialRecord:
 
 
 COLUMNS = [field.name for field in dataclasses.fields(TrialRecord)]
+
+OnTrial = Callable[[int, "float | None"], None]
+"""Progress callback of the backends: ``on_trial(finished_trials, best_accuracy_so_far)``."""
+
+
+def best_accuracy(accuracies: list[float | None]) -> float | None:
+    known = [a for a in accuracies if a is not None]
+    return max(known) if known else None
 
 
 def to_frame(records: list[TrialRecord]) -> pd.DataFrame:

@@ -1,0 +1,294 @@
+"""Search a hybrid backbone within a MAC budget, scale it into a Ti/XS/S/B family, and report.
+
+    python run_search.py --budget 4GFLOPs                  # the embedded dataset, this machine
+    python run_search.py --budget 600M --trials 30 --out runs/small
+    python run_search.py --data cifar10:~/data --backend ray --gpus-per-trial 0.25 --trials 200
+    python run_search.py --out runs/small --report-only    # rebuild the reports, no training
+
+Rerunning a command with the same --out resumes the search where it stopped. Errors in the
+options print one line and exit with status 2, before anything in the run folder is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from search.config import BACKENDS, SAMPLERS, SearchConfig
+from search.proxy import DEFAULTS
+
+DEFAULT_TRIALS = 8
+# Settings that define a search; a rerun on the same folder must keep them.
+SEARCH_DEFINING = (
+    "budget",
+    "data",
+    "epochs",
+    "proxy_resolution",
+    "resolution",
+    "backend",
+    "sampler",
+    "prune",
+    "seed",
+)
+
+
+class UsageError(Exception):
+    """A problem with the command line or the run folder: one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="run_search.py", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--budget",
+        default="4GFLOPs",
+        help="MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs' (FLOPs here mean MACs)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULT_TRIALS,
+        help=f"trials to run (default {DEFAULT_TRIALS})",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULTS.epochs,
+        help=f"proxy training epochs (default {DEFAULTS.epochs})",
+    )
+    p.add_argument(
+        "--data",
+        default="default",
+        help="default, mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH[@SIZE]",
+    )
+    p.add_argument("--backend", choices=BACKENDS, default="optuna", help="optuna (default) or ray")
+    p.add_argument("--sampler", choices=SAMPLERS, default="nsga2", help="nsga2 (default) or tpe")
+    p.add_argument(
+        "--ray-address", default=None, help="join this Ray cluster (default: start a local Ray)"
+    )
+    p.add_argument(
+        "--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial (default 1)"
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        help="Ray: GPUs per trial, may be fractional (default 0)",
+    )
+    p.add_argument(
+        "--out", default="runs/search", help="run folder (default runs/search); rerun to resume"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the sampler and the proxy (default 0)"
+    )
+    p.add_argument(
+        "--device", default="cpu", help="cpu or cuda[:N] for proxy training (default cpu)"
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=224,
+        help="input size of the searched architecture (default 224)",
+    )
+    p.add_argument(
+        "--proxy-resolution",
+        type=int,
+        default=DEFAULTS.resolution,
+        help=f"proxy training input size (default {DEFAULTS.resolution})",
+    )
+    p.add_argument("--no-prune", action="store_true", help="train every trial to the end")
+    p.add_argument(
+        "--train-family", action="store_true", help="also proxy-train the Ti/XS/S/B variants"
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild the reports of --out without training"
+    )
+    return p
+
+
+def config_from(args: argparse.Namespace) -> SearchConfig:
+    return SearchConfig(
+        budget=args.budget,
+        trials=args.trials,
+        data=args.data,
+        epochs=args.epochs,
+        proxy_resolution=args.proxy_resolution,
+        resolution=args.resolution,
+        backend=args.backend,
+        sampler=args.sampler,
+        prune=not args.no_prune,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        ray_address=args.ray_address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+
+
+def check_folder(config: SearchConfig) -> None:
+    """The run folder can be written and, if it holds a search, holds this one."""
+    out = Path(config.out)
+    probe_at = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not probe_at.is_dir():
+        raise UsageError(
+            f"the output folder {out} cannot be made: {probe_at} is a file; choose another --out"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=probe_at):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"cannot write to the output folder {out} ({error.strerror}); choose another --out"
+        ) from None
+    saved = out / "config.json"
+    if saved.exists():
+        previous = SearchConfig.from_json(saved.read_text())
+
+        def value(c: SearchConfig, key: str) -> object:
+            return c.budget_macs if key == "budget" else getattr(c, key)
+
+        changed = [
+            f"{k}={getattr(previous, k)!r}"
+            for k in SEARCH_DEFINING
+            if value(previous, k) != value(config, k)
+        ]
+        if changed:
+            raise UsageError(
+                f"{out} holds a search made with {', '.join(changed)}; rerun with those options "
+                f"to resume it, or choose another --out"
+            )
+
+
+def train_family(config: SearchConfig, family: dict) -> dict[str, float]:
+    """Proxy-train every variant; the proxy resolution scales with the variant's input size."""
+    from search import data as datasets
+    from search import proxy
+
+    data = datasets.load(config.data)
+    accuracies = {}
+    base = family["S"].resolution
+    for variant, arch in family.items():
+        side = max(32, 8 * round(config.proxy_resolution * arch.resolution / base / 8))
+        result = proxy.train(
+            arch,
+            data,
+            epochs=config.epochs,
+            resolution=side,
+            seed=config.seed,
+            device=config.device,
+        )
+        outcome = f"failed: {result.reason}" if result.failed else f"{result.accuracy:.1%}"
+        print(f"  {variant}: {outcome} ({side}px proxy)")
+        if not result.failed:
+            accuracies[variant] = result.accuracy
+    return accuracies
+
+
+def previous_family_accuracies(out: Path, family: dict) -> dict[str, float] | None:
+    """Accuracies of an earlier --train-family, kept when the family is unchanged."""
+    import pandas as pd
+
+    from space.genotype import ArchSpec
+
+    table = out / "family.csv"
+    if not table.exists():
+        return None
+    rows = pd.read_csv(table)
+    kept = {}
+    for row in rows.itertuples():
+        saved = out / "family" / f"{row.variant}.json"
+        if (
+            pd.notna(row.accuracy)
+            and saved.exists()
+            and ArchSpec.from_json(saved.read_text()) == family[row.variant]
+        ):
+            kept[row.variant] = float(row.accuracy)
+    return kept or None
+
+
+def prepare(args: argparse.Namespace) -> SearchConfig:
+    """The run's configuration, every option checked before the run folder is touched."""
+    from search import data as datasets
+    from space.sampling import check_budget
+
+    try:
+        if args.report_only:
+            saved = Path(args.out) / "config.json"
+            if not saved.exists():
+                raise UsageError(
+                    f"{args.out} holds no run (no config.json); run a search there first"
+                )
+            return SearchConfig.from_json(saved.read_text())
+        config = config_from(args)
+        datasets.load(config.data)
+        check_budget(config.budget_macs, config.resolution)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    check_folder(config)
+    return config
+
+
+def run(args: argparse.Namespace) -> None:
+    import optuna
+    from tqdm.auto import tqdm
+
+    import search
+    from reports.report import best_family, write_reports
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    config = prepare(args)
+    if args.report_only:
+        try:
+            trials = search.trial_table(config)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    else:
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        (Path(config.out) / "config.json").write_text(config.to_json() + "\n")
+        print(
+            f"searching {config.trials} trials within {config.budget} at {config.resolution}px on "
+            f"{config.data} ({config.backend}); run folder {config.out}"
+        )
+        bar = tqdm(total=config.trials, unit="trial", dynamic_ncols=True)
+
+        def on_trial(finished: int, best: float | None) -> None:
+            bar.update(finished - bar.n)
+            bar.set_postfix_str("best accuracy " + ("-" if best is None else f"{best:.1%}"))
+
+        trials = search.run(config, on_trial)
+        bar.close()
+    family = best_family(trials, config.budget_macs)
+    accuracies = None
+    if family is not None:
+        accuracies = previous_family_accuracies(Path(config.out), family)
+        if args.train_family and not args.report_only:
+            print("proxy-training the family:")
+            accuracies = train_family(config, family)
+    write_reports(config.out, config, trials, accuracies)
+    print(f"report: {Path(config.out) / 'report.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from search.optuna_backend import FolderBusy
+
+    try:
+        run(build_parser().parse_args(argv))
+    except (UsageError, FolderBusy) as error:
+        print(f"run_search.py: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""run_search.py end to end: the run folder, resuming, rebuilding reports, and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import run_search
+import search.optuna_backend as optuna_backend
+from tests.search.test_search import fake_train
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = (
+    "config.json",
+    "trials.csv",
+    "pareto.csv",
+    "best_arch.json",
+    "family.csv",
+    "family/Ti.json",
+    "family/XS.json",
+    "family/S.json",
+    "family/B.json",
+    "pareto.png",
+    "family.png",
+    "report.md",
+    "study.journal",
+)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_search.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def fake_proxy(monkeypatch: pytest.MonkeyPatch) -> list:
+    calls = []
+
+    def counted(arch, data, **kwargs):
+        calls.append(arch)
+        return fake_train(arch, data, **kwargs)
+
+    monkeypatch.setattr(optuna_backend.proxy, "train", counted)
+    return calls
+
+
+def test_the_command_writes_every_file(tmp_path: Path) -> None:
+    """A real (small) run through the command line."""
+    out = tmp_path / "run"
+    done = cli(
+        "--budget",
+        "0.12GFLOPs",
+        "--trials",
+        "3",
+        "--epochs",
+        "1",
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 3 and (trials.macs <= 120_000_000).all()
+    report = (out / "report.md").read_text()
+    best = json.loads((out / "best_arch.json").read_text())
+    assert f"{len(trials)} trials" in report and best["stem"] == "cmt"
+    assert "report:" in done.stdout
+
+
+@pytest.mark.parametrize("budget", ["0.6GFLOPs", "9GFLOPs"])
+def test_small_and_large_budgets(tmp_path: Path, fake_proxy: list, budget: str) -> None:
+    out = tmp_path / "run"
+    assert (
+        run_search.main(
+            ["--budget", budget, "--trials", "5", "--data", "digits", "--out", str(out)]
+        )
+        == 0
+    )
+    trials = pd.read_csv(out / "trials.csv")
+    limit = int(float(budget.removesuffix("GFLOPs")) * 1e9)
+    assert len(trials) == 5 and (trials.macs <= limit).all()
+    family = pd.read_csv(out / "family.csv")
+    assert family.variant.tolist() == ["Ti", "XS", "S", "B"] and family.macs.is_monotonic_increasing
+    assert family.macs.iloc[2] == trials.macs.max() or family.macs.iloc[2] in set(trials.macs)
+
+
+def test_reports_rebuild_without_training(tmp_path: Path, fake_proxy: list) -> None:
+    out = tmp_path / "run"
+    args = ["--budget", "0.6G", "--trials", "4", "--data", "digits", "--out", str(out)]
+    assert run_search.main(args) == 0
+    trained = len(fake_proxy)
+    before = (out / "report.md").read_text()
+    for name in ("report.md", "pareto.png", "family.png", "trials.csv", "family.csv"):
+        (out / name).unlink()
+    assert run_search.main(["--out", str(out), "--report-only"]) == 0
+    assert len(fake_proxy) == trained
+    assert (out / "report.md").read_text() == before
+    assert all((out / name).is_file() for name in RUN_FILES)
+
+
+def test_rerun_resumes_and_extends(tmp_path: Path, fake_proxy: list) -> None:
+    out = tmp_path / "run"
+    args = ["--budget", "0.6G", "--data", "digits", "--out", str(out)]
+    assert run_search.main([*args, "--trials", "3"]) == 0
+    assert run_search.main([*args, "--trials", "5"]) == 0
+    assert len(fake_proxy) == 5 and len(pd.read_csv(out / "trials.csv")) == 5
+
+
+def test_train_family(tmp_path: Path, fake_proxy: list) -> None:
+    out = tmp_path / "run"
+    args = ["--budget", "0.6G", "--trials", "2", "--data", "digits", "--out", str(out)]
+    assert run_search.main([*args, "--train-family"]) == 0
+    family = pd.read_csv(out / "family.csv")
+    assert family.accuracy.notna().all()
+    assert run_search.main(["--out", str(out), "--report-only"]) == 0  # accuracies kept
+    assert pd.read_csv(out / "family.csv").accuracy.notna().all()
+
+
+@pytest.fixture
+def existing_run(tmp_path: Path, fake_proxy: list) -> Path:
+    out = tmp_path / "run"
+    assert (
+        run_search.main(
+            ["--budget", "0.6G", "--trials", "2", "--data", "digits", "--out", str(out)]
+        )
+        == 0
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "four gigaflops"], "cannot read the budget 'four gigaflops'"),
+        (["--budget=-4G"], "must be a positive number"),
+        (
+            ["--budget", "10MFLOPs"],
+            "below the smallest architecture of the search space at 224px (26,",
+        ),
+        (["--backend", "nni"], "argument --backend: invalid choice: 'nni'"),
+        (["--data", "cifar10:/no/such/folder"], "dataset folder '/no/such/folder' does not exist"),
+        (["--data", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--trials", "0"], "trials must be an integer >= 1"),
+        (["--budget", "600M", "--seed", "1"], "holds a search made with seed=0; rerun with those"),
+    ],
+)
+def test_errors_exit_2_with_one_line_and_leave_the_folder_alone(
+    existing_run: Path, args: list[str], message: str
+) -> None:
+    before = fingerprint(existing_run)
+    done = cli("--data", "digits", "--out", str(existing_run), *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run_search.py: error: "), done.stderr
+    assert message in lines[0]
+    assert "Traceback" not in done.stderr
+    assert fingerprint(existing_run) == before
+
+
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_unwritable_output_folder(tmp_path: Path, where: str) -> None:
+    if where == "file":
+        (tmp_path / "a_file").write_text("")
+        out, message = tmp_path / "a_file" / "run", "is a file"
+    else:
+        out, message = Path("/proc/hybrid-nas-run"), "cannot write to the output folder"
+    done = cli("--data", "digits", "--out", str(out))
+    assert done.returncode == 2 and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_report_only_without_a_run(tmp_path: Path) -> None:
+    done = cli("--out", str(tmp_path / "nothing"), "--report-only")
+    assert done.returncode == 2 and "holds no run" in done.stderr
