@@ -319,7 +319,7 @@ class AEWinStage(Stage):
         stride: int,
         feature_size: int,
         drop_path: list[float],
-        tokens_in: bool = False,
+        tokens_in: int = 0,
     ) -> None:
         super().__init__()
         self.transition = Transition(in_width, spec.width, stride=stride, kernel=3)
@@ -346,7 +346,7 @@ class AEWinStage(Stage):
         stride: int,
         in_size: int,
         feature_size: int,
-        tokens_in: bool,
+        tokens_in: int,
     ) -> Cost:
         pixels = feature_size * feature_size
         entry = Transition.cost(in_width, spec.width, stride=stride, kernel=3, pixels=pixels)

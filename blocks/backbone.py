@@ -29,21 +29,21 @@ class StagePlan(NamedTuple):
     stride: int
     in_size: int
     feature_size: int
-    tokens_in: bool
+    tokens_in: int
 
 
 def plan_stages(arch: ArchLike) -> list[StagePlan]:
     """The four stages of ``arch`` with their input widths, strides and sizes."""
     stem_stride = STEMS.get(arch.stem).stride
     in_width, stride = arch.stem_width, 4 // stem_stride
-    in_size, tokens_in = math.ceil(arch.resolution / stem_stride), False
+    in_size, tokens_in = math.ceil(arch.resolution / stem_stride), 0
     plans = []
     for i, spec in enumerate(arch.stages):
         stage_type = BLOCKS.get(spec.block)
         size = stage_size(arch.resolution, i)
         plans.append(StagePlan(spec, stage_type, in_width, stride, in_size, size, tokens_in))
         in_width, stride, in_size = spec.width, 2, size
-        tokens_in = stage_type.token_count(spec) > 0
+        tokens_in = stage_type.token_count(spec, size, tokens_in)
     return plans
 
 
@@ -66,7 +66,7 @@ def estimate_cost(arch: ArchLike, num_classes: int = 1000) -> Cost:
         width=arch.head_width,
         num_classes=num_classes,
         feature_size=last.feature_size,
-        tokens=last.stage_type.token_count(last.spec),
+        tokens=last.stage_type.token_count(last.spec, last.feature_size, last.tokens_in),
     )
 
 

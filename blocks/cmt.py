@@ -213,7 +213,7 @@ class CMTStage(Stage):
         stride: int,
         feature_size: int,
         drop_path: list[float],
-        tokens_in: bool = False,
+        tokens_in: int = 0,
     ) -> None:
         super().__init__()
         k = spec.options.kv_reduction
@@ -236,7 +236,7 @@ class CMTStage(Stage):
         stride: int,
         in_size: int,
         feature_size: int,
-        tokens_in: bool,
+        tokens_in: int,
     ) -> Cost:
         k, n = spec.options.kv_reduction, feature_size * feature_size
         entry = Transition.cost(in_width, spec.width, stride=stride, kernel=2, pixels=n)

@@ -207,7 +207,7 @@ class CoTStage(Stage):
         stride: int,
         feature_size: int,
         drop_path: list[float],
-        tokens_in: bool = False,
+        tokens_in: int = 0,
     ) -> None:
         super().__init__()
         mid = int(spec.width / spec.mlp_ratio)
@@ -234,7 +234,7 @@ class CoTStage(Stage):
         stride: int,
         in_size: int,
         feature_size: int,
-        tokens_in: bool,
+        tokens_in: int,
     ) -> Cost:
         mid, kernel, size = int(spec.width / spec.mlp_ratio), spec.options.kernel, feature_size
         first = CoTBottleneck.cost(

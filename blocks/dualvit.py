@@ -1,11 +1,14 @@
 """Dual Vision Transformer (Yao et al., TPAMI 2023, arXiv 2207.04976).
 
 Follows the official code (YehLi/ImageNetModel, classification/dualvit.py). Two paths: the pixel
-tokens x of the feature map and m semantic tokens z (m = 64) of the same width.
+tokens x of the feature map and m semantic tokens z of the same width.
 
-- semantic tokens are made once, from the first Dual stage's map: m learnable queries attend
-  (one head) to the map average-pooled to a sqrt(m) x sqrt(m) grid, and the result is fused with
-  the pooled tokens by a two-branch softmax gate, then LayerNorm. Later Dual stages receive them
+- semantic tokens are made once, from the first Dual stage's map: the map is average-pooled by
+  ``pool`` (7 in the paper: a 56x56 map at 224px gives an 8x8 grid, m = 64), learnable queries
+  (one per grid cell) attend (one head) to the pooled tokens, and the result is fused with them
+  by a two-branch softmax gate, then LayerNorm. As in the official code's latest version, the
+  grid follows the input size (round(side / pool), at least 1) and the queries, learnt at the
+  genotype's resolution, are resized bicubically to it. Later Dual stages receive the tokens
   through LayerNorm -> Linear(d_prev, d) -> LayerNorm (the official closing LayerNorm of the
   previous stage is applied here, by the stage that uses the tokens);
 - Dual block (``mode="dual"``): z += SelfAttn(z); z += CrossAttn(q=z, kv=x); z += MLP(z) (ReLU,
@@ -22,9 +25,9 @@ tokens x of the feature map and m semantic tokens z (m = 64) of the same width.
 
 Deviations, for readers comparing with the official code: the official stage 3 alternates MLP
 ratios 4 and 3 (the ``dualvit_s`` preset uses the average, 3.5, which gives the same parameters and
-MACs); the official last stage has no closing LayerNorm on x (ours has one, 2d parameters); at a map
-that is not 8x8 after pooling we pool adaptively to the fixed sqrt(m) grid instead of resizing the
-queries, so the number of semantic tokens never depends on the input size.
+MACs); the official last stage has no closing LayerNorm on x (ours has one, 2d parameters); the
+official pooling is a 7x7 window with stride 7 (floor), ours is adaptive to round(side / pool), the
+same at 224px.
 """
 
 from __future__ import annotations
@@ -57,29 +60,29 @@ MODES = ("dual", "merge")
 
 @dataclasses.dataclass(frozen=True)
 class DualOptions(BlockOptions):
-    """tokens: number of semantic tokens m (a square); mode: "dual" blocks or "merge" blocks."""
+    """pool: the semantic tokens are the map that makes them pooled by ``pool`` (7: 64 tokens
+    from a 56x56 map); mode: "dual" blocks or "merge" blocks."""
 
-    tokens: int = 64
+    pool: int = 7
     mode: str = "dual"
 
     def __post_init__(self) -> None:
-        if (
-            not isinstance(self.tokens, int)
-            or self.tokens < 1
-            or math.isqrt(self.tokens) ** 2 != self.tokens
-        ):
-            raise ValueError(
-                f"tokens must be a square number >= 1 (a pooled grid), got {self.tokens!r}"
-            )
+        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 1:
+            raise ValueError(f"pool must be an integer >= 1, got {self.pool!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
     def check_follows(self, previous: StageLike) -> None:
-        if previous.block == "dual" and previous.options.tokens != self.tokens:
+        if previous.block == "dual" and previous.options.pool != self.pool:
             raise ValueError(
-                f"tokens ({self.tokens}) must equal the previous dual stage's tokens "
-                f"({previous.options.tokens}): semantic tokens flow between consecutive dual stages"
+                f"pool ({self.pool}) must equal the previous dual stage's pool "
+                f"({previous.options.pool}): semantic tokens flow between consecutive dual stages"
             )
+
+
+def token_grid(side: int, pool: int) -> int:
+    """Side of the semantic-token grid made from a side x side map."""
+    return max(1, round(side / pool))
 
 
 @STEMS.register("dual")
@@ -111,13 +114,15 @@ class DualStem(nn.Module):
 
 
 class SemanticTokens(nn.Module):
-    """Make m semantic tokens from a (B, C, H, W) map: learnable queries attend to the pooled
-    map, gated against the pooled tokens themselves."""
+    """Make semantic tokens from a (B, C, H, W) map: learnable queries attend to the map pooled
+    by ``pool``, gated against the pooled tokens themselves. ``side`` is the map side the
+    queries are learnt for; at another side they are resized bicubically."""
 
-    def __init__(self, dim: int, tokens: int) -> None:
+    def __init__(self, dim: int, pool: int, side: int) -> None:
         super().__init__()
-        self.grid = math.isqrt(tokens)
-        self.queries = nn.Parameter(torch.zeros(tokens, dim))
+        self.pool = pool
+        self.grid = token_grid(side, pool)
+        self.queries = nn.Parameter(torch.zeros(self.grid * self.grid, dim))
         nn.init.trunc_normal_(self.queries, std=0.02)
         self.query_embed = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.kv = nn.Linear(dim, 2 * dim)
@@ -135,9 +140,15 @@ class SemanticTokens(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[:2]
-        pooled = map_to_tokens(F.adaptive_avg_pool2d(x, self.grid))  # (B, m, C)
+        grid = token_grid(int(x.shape[-1]), self.pool), token_grid(int(x.shape[-2]), self.pool)
+        pooled = map_to_tokens(F.adaptive_avg_pool2d(x, grid[::-1]))  # (B, m, C)
+        queries = self.queries
+        if grid != (self.grid, self.grid):
+            queries = tokens_to_map(queries[None], self.grid, self.grid)
+            queries = F.interpolate(queries, size=grid[::-1], mode="bicubic", align_corners=False)
+            queries = map_to_tokens(queries)[0]
         k, v = self.kv(pooled).chunk(2, dim=-1)
-        q = self.query_embed(self.queries).expand(b, -1, -1)
+        q = self.query_embed(queries).expand(b, -1, -1)
         attended = attend(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
         branches = torch.stack([attended, pooled], dim=2)  # (B, m, 2, C)
         gate = self.gate(branches.sum(dim=2).mean(dim=1)).view(b, 2, c).softmax(dim=1)
@@ -278,7 +289,7 @@ class MergeBlock(nn.Module):
 @BLOCKS.register("dual")
 class DualStage(Stage):
     """3x3 stride-2 conv -> LayerNorm, semantic tokens (made from the map when ``tokens_in`` is
-    false, else the previous stage's through LayerNorm -> Linear -> LayerNorm), ``depth`` Dual or
+    0, else the previous stage's through LayerNorm -> Linear -> LayerNorm), ``depth`` Dual or
     Merge blocks, LayerNorm on the pixel path."""
 
     options_type = DualOptions
@@ -291,7 +302,7 @@ class DualStage(Stage):
         stride: int,
         feature_size: int,
         drop_path: list[float],
-        tokens_in: bool = False,
+        tokens_in: int = 0,
     ) -> None:
         super().__init__()
         dim = spec.width
@@ -301,7 +312,7 @@ class DualStage(Stage):
                 nn.LayerNorm(in_width, eps=1e-6), nn.Linear(in_width, dim), nn.LayerNorm(dim)
             )
             if tokens_in
-            else SemanticTokens(dim, spec.options.tokens)
+            else SemanticTokens(dim, spec.options.pool, feature_size)
         )
         block = DualBlock if spec.options.mode == "dual" else MergeBlock
         self.blocks = nn.ModuleList(
@@ -310,8 +321,8 @@ class DualStage(Stage):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     @staticmethod
-    def token_count(spec: StageLike) -> int:
-        return spec.options.tokens
+    def token_count(spec: StageLike, feature_size: int, tokens_in: int) -> int:
+        return tokens_in or token_grid(feature_size, spec.options.pool) ** 2
 
     @classmethod
     def cost(
@@ -322,9 +333,10 @@ class DualStage(Stage):
         stride: int,
         in_size: int,
         feature_size: int,
-        tokens_in: bool,
+        tokens_in: int,
     ) -> Cost:
-        d, m, n = spec.width, spec.options.tokens, feature_size * feature_size
+        d, n = spec.width, feature_size * feature_size
+        m = cls.token_count(spec, feature_size, tokens_in)
         out = Transition.cost(in_width, d, stride=stride, kernel=3, pixels=n) + norm(d)
         if tokens_in:
             out += norm(in_width) + linear(in_width, d, m) + norm(d)

@@ -110,7 +110,7 @@ class Stage(nn.Module):
     stage genotype; the stage opens by taking ``in_width`` channels to ``spec.width`` and
     dividing the map side by ``stride`` (1 or 2), ``feature_size`` is its map side at the
     genotype's resolution, ``drop_path`` its blocks' stochastic-depth rates, and ``tokens_in``
-    whether the previous stage passes semantic tokens;
+    how many semantic tokens the previous stage passes (0: none);
     ``forward(x, tokens) -> (x, tokens)``: map a (B, C_in, H, W) map and optional semantic tokens
     to (B, C, ceil(H / stride), ceil(W / stride)) and the tokens it passes on, or None.
 
@@ -120,7 +120,7 @@ class Stage(nn.Module):
     options_type: ClassVar[type[BlockOptions]]
 
     @staticmethod
-    def token_count(spec: StageLike) -> int:
+    def token_count(spec: StageLike, feature_size: int, tokens_in: int) -> int:
         """How many semantic tokens the stage passes on (0: none)."""
         return 0
 
@@ -133,7 +133,7 @@ class Stage(nn.Module):
         stride: int,
         in_size: int,
         feature_size: int,
-        tokens_in: bool,
+        tokens_in: int,
     ) -> Cost:
         """Parameters and MACs for an ``in_size`` input map and a ``feature_size`` output map."""
         raise NotImplementedError

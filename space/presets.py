@@ -71,7 +71,8 @@ def cotnet_50() -> ArchSpec:
 
 
 def dualvit_s() -> ArchSpec:
-    """Dual blocks in stages 1-2, Merge blocks in 3-4, 64 semantic tokens. The official stage 3
+    """Dual blocks in stages 1-2, Merge blocks in 3-4, semantic tokens pooled by 7 (64 at
+    224px). The official stage 3
     alternates MLP ratios 4 and 3; 3.5 is their average and gives the same size and MACs."""
     table = (
         # depth, width, heads, mlp_ratio, mode
@@ -81,7 +82,7 @@ def dualvit_s() -> ArchSpec:
         (3, 448, 14, 3.0, "merge"),
     )
     stages = tuple(
-        StageSpec("dual", depth, width, heads, ratio, DualOptions(tokens=64, mode=mode))
+        StageSpec("dual", depth, width, heads, ratio, DualOptions(pool=7, mode=mode))
         for depth, width, heads, ratio, mode in table
     )
     return ArchSpec(stages, 224, stem="dual", stem_width=32, head="class_attention", head_width=0)

@@ -61,7 +61,7 @@ SPACE: dict[str, Any] = {
     "split": tuple(SPLITS),
     "stripe": (1, 2, 7),
     "window": 7,
-    "dual_tokens": (16, 36, 64),
+    "dual_pool": (7, 10, 14),
     "dual_mode": (("dual",), ("dual",), ("dual", "merge"), ("dual", "merge")),
     "head_width": 1280,
     "budget_use": (0.75, 1.0),
@@ -69,7 +69,7 @@ SPACE: dict[str, Any] = {
 FIT_LOW, FIT_HIGH = -24.0, 8.0  # phi range of the fit; at -24 every depth is 1, widths minimal
 
 
-def _draw_stage(trial: TrialLike, i: int, tokens: list[int]) -> tuple[str, dict[str, Any]]:
+def _draw_stage(trial: TrialLike, i: int, pool: list[int]) -> tuple[str, dict[str, Any]]:
     """Draw stage ``i``'s block type and hyper-parameters (width is a target, fitted later)."""
     block = trial.suggest_categorical(f"s{i}_block", SPACE["block"])
     spec: dict[str, Any] = {
@@ -93,10 +93,10 @@ def _draw_stage(trial: TrialLike, i: int, tokens: list[int]) -> tuple[str, dict[
         stripe = trial.suggest_categorical(f"s{i}_stripe", SPACE["stripe"])
         spec["options"] = AEWinOptions(split, SPACE["window"], stripe)
     else:
-        if not tokens:  # one token count per network: tokens flow between dual stages
-            tokens.append(trial.suggest_categorical("dual_tokens", SPACE["dual_tokens"]))
+        if not pool:  # one pool per network: semantic tokens flow between dual stages
+            pool.append(trial.suggest_categorical("dual_pool", SPACE["dual_pool"]))
         mode = trial.suggest_categorical(f"s{i}_dual_mode", SPACE["dual_mode"][i])
-        spec["options"] = DualOptions(tokens[0], mode)
+        spec["options"] = DualOptions(pool[0], mode)
     return block, spec
 
 
@@ -174,7 +174,7 @@ def _cheapest_stage(block: str, i: int) -> dict[str, Any]:
         "cmt": CMTOptions(max(SPACE["kv_reduction"][i])),
         "aewin": AEWinOptions(SPLITS["0,0,1"], SPACE["window"], 1),
         "cot": CoTOptions(min(SPACE["cot_kernel"])),
-        "dual": DualOptions(min(SPACE["dual_tokens"]), "dual"),
+        "dual": DualOptions(max(SPACE["dual_pool"]), "dual"),
     }[block]
     if block == "cot":
         return {
@@ -230,10 +230,10 @@ def sample(trial: TrialLike, budget_macs: int, resolution: int = 224) -> ArchSpe
     Raises ``ValueError`` naming the smallest reachable MACs when the budget is below it.
     """
     floor = check_budget(budget_macs, resolution)
-    tokens: list[int] = []
+    pool: list[int] = []
     target = max(floor, int(trial.suggest_float("budget_use", *SPACE["budget_use"]) * budget_macs))
     stem_width = trial.suggest_categorical("stem_width", SPACE["stem_width"])
-    stages = [_draw_stage(trial, i, tokens) for i in range(NUM_STAGES)]
+    stages = [_draw_stage(trial, i, pool) for i in range(NUM_STAGES)]
     fitted = _fit(_build(stem_width, resolution, stages), target)
     if fitted is None:
         fitted = _fit(_smallest(resolution), target)

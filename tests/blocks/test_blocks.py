@@ -18,7 +18,7 @@ SMALL_OPTIONS = {
     "cmt": [CMTOptions(kv_reduction=k) for k in (4, 2, 2, 1)],
     "aewin": [AEWinOptions((0.25, 0.25, 0.5), window=7, stripe=s) for s in (1, 2, 3, 7)],
     "cot": [CoTOptions(kernel=3)] * 4,
-    "dual": [DualOptions(tokens=16, mode=m) for m in ("dual", "dual", "merge", "merge")],
+    "dual": [DualOptions(pool=4, mode=m) for m in ("dual", "dual", "merge", "merge")],
 }
 
 
@@ -82,9 +82,9 @@ def test_fused_and_explicit_attention_agree(block: str, size: int) -> None:
 
 
 def test_mixed_stages_and_dual_makes_tokens_when_none_flow_in() -> None:
-    dual = DualOptions(tokens=16, mode="merge")
+    dual = DualOptions(pool=4, mode="merge")
     stages = (
-        StageSpec("dual", 1, 32, 1, 2.0, DualOptions(tokens=16)),
+        StageSpec("dual", 1, 32, 1, 2.0, DualOptions(pool=4)),
         StageSpec("cot", 1, 64, 1, 2.0),
         StageSpec("dual", 1, 96, 3, 2.0, dual),
         StageSpec("dual", 1, 128, 4, 2.0, dual),
@@ -95,14 +95,17 @@ def test_mixed_stages_and_dual_makes_tokens_when_none_flow_in() -> None:
     assert isinstance(model.stages[2].tokens, SemanticTokens)  # a cot stage dropped them
     assert not isinstance(model.stages[3].tokens, SemanticTokens)  # embedded from stage 3
     _, tokens = model.forward_features(torch.randn(2, 3, 64, 64))
-    assert tokens is not None and tokens.shape == (2, 16, 128)
+    assert tokens is not None and tokens.shape == (2, 1, 128)  # stage 3's 4x4 map pooled by 4
     assert model(torch.randn(2, 3, 40, 40)).shape == (2, 5)
 
 
-def test_semantic_tokens_do_not_depend_on_input_size() -> None:
-    make = SemanticTokens(32, tokens=64)
-    for side in (1, 5, 8, 56):
-        assert make(torch.randn(2, 32, side, side)).shape == (2, 64, 32)
+def test_semantic_token_grid_follows_the_map() -> None:
+    """Pooled by 7: 64 tokens from the 56x56 map the queries are learnt for, fewer from smaller
+    maps (the queries resized), at least one."""
+    make = SemanticTokens(32, pool=7, side=56)
+    assert make.queries.shape == (64, 32)
+    for side, tokens in ((56, 64), (28, 16), (8, 1), (3, 1), (112, 256)):
+        assert make(torch.randn(2, 32, side, side)).shape == (2, tokens, 32)
 
 
 def test_cot_aggregation_matches_a_loop_over_the_kernel() -> None:

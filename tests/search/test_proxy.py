@@ -21,7 +21,7 @@ def tiny_arch() -> ArchSpec:
         StageSpec("cmt", 1, 16, 1, 2.0, CMTOptions(4)),
         StageSpec("cot", 1, 32, 1, 2.0),
         StageSpec("aewin", 1, 32, 2, 2.0),
-        StageSpec("dual", 1, 64, 2, 2.0, DualOptions(16, "merge")),
+        StageSpec("dual", 1, 64, 2, 2.0, DualOptions(4, "merge")),
     )
     return ArchSpec(stages, 224, stem="cmt", stem_width=16, head="conv", head_width=64)
 

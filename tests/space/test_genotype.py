@@ -99,8 +99,8 @@ def test_options_of_the_wrong_block_type() -> None:
 def test_consecutive_dual_stages_share_their_tokens() -> None:
     arch = presets.get("dualvit_s")
     stages = list(arch.stages)
-    stages[2] = dataclasses.replace(stages[2], options=DualOptions(tokens=49, mode="merge"))
-    with pytest.raises(ValueError, match=r"stages\[2\]\.options: tokens"):
+    stages[2] = dataclasses.replace(stages[2], options=DualOptions(pool=10, mode="merge"))
+    with pytest.raises(ValueError, match=r"stages\[2\]\.options: pool"):
         dataclasses.replace(arch, stages=tuple(stages))
 
 

@@ -67,7 +67,7 @@ def test_every_block_type_and_every_value_appears(drawn: dict, budget: int) -> N
             seen[name].add(value)
     assert seen["stem_width"] == set(SPACE["stem_width"])
     assert min(seen["budget_use"]) < 0.77 and max(seen["budget_use"]) > 0.98
-    assert seen["dual_tokens"] == set(SPACE["dual_tokens"])
+    assert seen["dual_pool"] == set(SPACE["dual_pool"])
     for i in range(4):
         low, high = SPACE["depth"][i]
         assert seen[f"s{i}_depth"] == set(range(low, high + 1))
@@ -85,7 +85,7 @@ def test_every_block_type_and_every_value_appears(drawn: dict, budget: int) -> N
     assert {o.stripe for o in options["aewin"]} == set(SPACE["stripe"])
     assert len({o.split for o in options["aewin"]}) == len(SPACE["split"])
     assert {o.kernel for o in options["cot"]} == set(SPACE["cot_kernel"])
-    assert {(o.tokens, o.mode) for o in options["dual"]} >= {(64, "dual"), (16, "merge")}
+    assert {(o.pool, o.mode) for o in options["dual"]} >= {(7, "dual"), (14, "merge")}
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
