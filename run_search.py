@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the sampler and the proxy (default 0)"
     )
     p.add_argument(
-        "--device", default="cpu", help="cpu or cuda[:N] for proxy training (default cpu)"
+        "--device",
+        default="auto",
+        help="auto (CUDA when there is one), cpu or cuda[:N] for proxy training (default auto)",
     )
     p.add_argument(
         "--resolution",

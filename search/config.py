@@ -32,7 +32,7 @@ class SearchConfig:
     prune: bool = True
     out: str = "runs/search"
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     ray_address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -55,8 +55,8 @@ class SearchConfig:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial!r}")
         if self.gpus_per_trial < 0:
             raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial!r}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
     @property
     def budget_macs(self) -> int:

@@ -31,7 +31,7 @@ from blocks import build_model
 from search.data import ImageData, ImageTensorDataset
 from space.genotype import ArchSpec
 
-__all__ = ["DEFAULTS", "ProxyResult", "ProxySettings", "train"]
+__all__ = ["DEFAULTS", "ProxyResult", "ProxySettings", "resolve_device", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +156,17 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU; ``cuda`` asked for on a
+    machine without it is a ValueError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
+    return dev
+
+
 def train(
     arch: ArchSpec,
     data: ImageData,
@@ -174,9 +185,7 @@ def train(
     tqdm bar (default: when standard error is a terminal).
     """
     settings = dataclasses.replace(settings, epochs=epochs, resolution=resolution)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
+    dev = resolve_device(device)
     train_set, val_set, num_classes, _ = data
     start = time.perf_counter()
     seen, accuracies = 0, []

@@ -117,3 +117,9 @@ def test_image_folder_trains_through_a_loader(tmp_path: Path) -> None:
 def test_cuda_asked_for_without_cuda(digits_subset: ImageData) -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
         proxy.train(tiny_arch(), digits_subset, epochs=1, device="cuda")
+
+
+def test_auto_device_is_cuda_only_when_there_is_one() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert proxy.resolve_device("auto").type == expected
+    assert proxy.resolve_device("cpu").type == "cpu"

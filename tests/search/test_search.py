@@ -215,6 +215,7 @@ def test_sigkill_during_a_trial_then_resume(tmp_path: Path) -> None:
         ({"trials": 0}, "trials must be an integer >= 1"),
         ({"sampler": "cmaes"}, "sampler must be one of"),
         ({"proxy_resolution": 16}, "proxy_resolution must be an integer >= 32"),
+        ({"device": "tpu"}, "device must be auto, cpu or cuda"),
     ],
 )
 def test_bad_configuration(change: dict, message: str) -> None:
