@@ -243,6 +243,7 @@ def run(args: argparse.Namespace) -> None:
 
     import search
     from reports.report import best_family, write_reports
+    from reports.tables import best_within_budget
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -275,6 +276,15 @@ def run(args: argparse.Namespace) -> None:
             print("proxy-training the family:")
             accuracies = train_family(config, family)
     write_reports(config.out, config, trials, accuracies)
+    best = best_within_budget(trials, config.budget_macs)
+    if best is None:
+        print("no trial completed within the budget")
+    else:
+        print(
+            f"best within budget: trial {int(best.number)} ({best.blocks}), "
+            f"{best.accuracy:.1%} proxy top-1, {best.macs / 1e9:.3f} GMACs, "
+            f"{best.params / 1e6:.2f}M params"
+        )
     print(f"report: {Path(config.out) / 'report.md'}")
 
 

@@ -149,7 +149,8 @@ def render(
         f"- Proxy: `{config.data}`, {config.epochs} epoch(s) at {config.proxy_resolution}px, "
         f"batch {DEFAULTS.batch_size}, AdamW (lr {DEFAULTS.lr:g}, weight decay "
         f"{DEFAULTS.weight_decay:g}) with warm-up and cosine decay, label smoothing "
-        f"{DEFAULTS.label_smoothing:g}, seed {config.seed}, on `{config.device}`. A proxy ranks "
+        f"{DEFAULTS.label_smoothing:g}, seed {config.seed}, device `{config.device}`"
+        f"{' (CUDA when present, else the CPU)' if config.device == 'auto' else ''}. A proxy ranks "
         "architectures roughly; see the README's proxy-fidelity figures.",
         f"- Search: {config.backend} backend, {config.sampler} sampler, seed {config.seed}, "
         f"early stopping {'on' if config.prune else 'off'}; every setting is in "

@@ -220,9 +220,13 @@ def train(
         )
         flips = getattr(train_set, "natural", False)
         bar = _progress_bar(steps, arch, progress)
+        # Reading the loss waits for the GPU; there it is checked every few steps, not every step.
+        check_every = 1 if dev.type == "cpu" else 16
         for epoch in range(epochs):
-            for images, labels in _batches(
-                train_set, settings.batch_size, shuffle=True, generator=generator, device=dev
+            for step, (images, labels) in enumerate(
+                _batches(
+                    train_set, settings.batch_size, shuffle=True, generator=generator, device=dev
+                )
             ):
                 x = _prepare(images, resolution, augment=True, flips=flips, generator=generator)
                 if dev.type == "cuda":
@@ -231,7 +235,7 @@ def train(
                     loss = F.cross_entropy(
                         model(x), labels, label_smoothing=settings.label_smoothing
                     )
-                if not torch.isfinite(loss):
+                if step % check_every == 0 and not torch.isfinite(loss):
                     raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -241,7 +245,10 @@ def train(
                 seen += len(labels)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                    if step % check_every == 0:
+                        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if not torch.isfinite(loss):  # NaN weights stay NaN: the last loss tells
+                raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
             accuracies.append(_evaluate(model, val_set, settings, dev, amp))
             if bar is not None:
                 bar.set_postfix(val=f"{accuracies[-1]:.3f}")

@@ -154,7 +154,10 @@ def _tuner(config: SearchConfig, experiment: Path) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=search, scheduler=scheduler, num_samples=config.trials
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=config.trials,
+            trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
@@ -166,9 +169,14 @@ def _tuner(config: SearchConfig, experiment: Path) -> tune.Tuner:
     )
 
 
+def _trial_dirname(trial: Any) -> str:
+    """``trial_<n>_<id>``, n counting from 1 in creation order (Ray's experiment tag)."""
+    return f"trial_{trial.experiment_tag.split('_', 1)[0]}_{trial.trial_id}"
+
+
 def _number(path: str, fallback: int) -> int:
-    """The trial's 0-based creation index, from its folder name (``<name>_<id>_<index>_...``)."""
-    match = re.search(r"_[0-9a-f]{8}_(\d+)_", Path(path).name)
+    """The trial's 0-based creation index, from its folder name (see ``_trial_dirname``)."""
+    match = re.match(r"trial_(\d+)_", Path(path).name)
     return int(match.group(1)) - 1 if match else fallback
 
 

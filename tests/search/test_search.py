@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import search.optuna_backend as optuna_backend
-from search import SearchConfig, run
+from search import SearchConfig, run, trial_table
 from search.proxy import ProxyResult
 from search.pruning import DominancePruner, Finished, TrialStopped
 from search.records import COLUMNS
@@ -253,3 +253,6 @@ def test_ray_search_runs_two_trials_at_once(tmp_path: Path) -> None:
     spans = sorted(zip(table.start, table.end, strict=True))
     overlaps = sum(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
     assert overlaps >= 1
+    assert list(table.number) == list(range(6))
+    stored = trial_table(config)  # what --report-only reads, without running anything
+    assert stored[["number", "arch", "accuracy"]].equals(table[["number", "arch", "accuracy"]])
