@@ -12,6 +12,7 @@ options print one line and exit with status 2, before anything in the run folder
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from search.config import BACKENDS, SAMPLERS, SearchConfig
 from search.proxy import DEFAULTS
 
-DEFAULT_TRIALS = 8
+DEFAULTS_RUN = SearchConfig()  # the defaults of every option below
 # Settings that define a search; a rerun on the same folder must keep them.
 SEARCH_DEFINING = (
     "budget",
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trials",
         type=int,
-        default=DEFAULT_TRIALS,
-        help=f"trials to run (default {DEFAULT_TRIALS})",
+        default=DEFAULTS_RUN.trials,
+        help=f"trials to run (default {DEFAULTS_RUN.trials})",
     )
     p.add_argument(
         "--epochs",
@@ -227,7 +228,8 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
                 raise UsageError(
                     f"{args.out} holds no run (no config.json); run a search there first"
                 )
-            return SearchConfig.from_json(saved.read_text())
+            # The folder may have been moved since the search: its reports go where it is now.
+            return dataclasses.replace(SearchConfig.from_json(saved.read_text()), out=args.out)
         config = config_from(args)
         datasets.load(config.data)
         check_budget(config.budget_macs, config.resolution)

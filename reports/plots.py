@@ -16,6 +16,9 @@ from reports.tables import ParetoData
 __all__ = ["plot_family", "plot_pareto", "save"]
 
 
+MAX_NAMED_MIXES = 12  # block mixes named in the Pareto plot's legend; the rest are grey
+
+
 def _new_axes(ax: Axes | None, size: tuple[float, float] = (8, 5.5)) -> Axes:
     return ax if ax is not None else Figure(figsize=size).add_subplot()
 
@@ -23,19 +26,24 @@ def _new_axes(ax: Axes | None, size: tuple[float, float] = (8, 5.5)) -> Axes:
 def plot_pareto(data: ParetoData, ax: Axes | None = None) -> Axes:
     """Every trial as proxy accuracy against GMACs, coloured by block mix; the front as a step
     line; the budget as a vertical line; pruned trials hollow; failed trials on a strip below."""
-    ax = _new_axes(ax)
-    mixes = sorted(set(data.scored.blocks) | set(data.pruned.blocks))
-    colours = matplotlib.colormaps["tab20"](range(len(mixes))) if mixes else []
-    colour = dict(zip(mixes, colours, strict=True))
-    for mix in mixes:
-        done = data.scored[data.scored.blocks == mix]
-        ax.scatter(done.macs / 1e9, done.accuracy, color=colour[mix], s=40, label=mix, zorder=3)
-        stopped = data.pruned[data.pruned.blocks == mix]
+    ax = _new_axes(ax, size=(10, 5.5))
+    counts = pd.concat([data.scored.blocks, data.pruned.blocks]).value_counts()
+    named = sorted(counts.index[:MAX_NAMED_MIXES]) if len(counts) > MAX_NAMED_MIXES + 1 else None
+    mixes = named if named is not None else sorted(counts.index)
+    colour = dict(zip(mixes, matplotlib.colormaps["tab20"](range(len(mixes))), strict=True))
+    groups = [(mix, [mix], colour[mix]) for mix in mixes]
+    if named is not None:
+        others = sorted(set(counts.index) - set(named))
+        groups.append((f"{len(others)} other block mixes", others, "darkgrey"))
+    for label, members, shade in groups:
+        done = data.scored[data.scored.blocks.isin(members)]
+        ax.scatter(done.macs / 1e9, done.accuracy, color=shade, s=40, label=label, zorder=3)
+        stopped = data.pruned[data.pruned.blocks.isin(members)]
         ax.scatter(
             stopped.macs / 1e9,
             stopped.accuracy,
             facecolors="none",
-            edgecolors=[colour[mix]],
+            edgecolors=[shade],
             s=40,
             zorder=3,
         )
@@ -70,7 +78,7 @@ def plot_pareto(data: ParetoData, ax: Axes | None = None) -> Axes:
     ax.set_ylabel("proxy validation top-1")
     ax.set_title("Trials: proxy accuracy against MACs")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2 if len(mixes) > 8 else 1)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return ax
 
 

@@ -120,6 +120,17 @@ def test_reports_rebuild_without_training(tmp_path: Path, fake_proxy: list) -> N
     assert all((out / name).is_file() for name in RUN_FILES)
 
 
+def test_a_moved_run_folder_rebuilds_where_it_is(tmp_path: Path, fake_proxy: list) -> None:
+    out, moved = tmp_path / "run", tmp_path / "moved"
+    args = ["--budget", "0.6G", "--trials", "3", "--data", "digits", "--out", str(out)]
+    assert run_search.main(args) == 0
+    out.rename(moved)
+    (moved / "report.md").unlink()
+    assert run_search.main(["--out", str(moved), "--report-only"]) == 0
+    assert (moved / "report.md").is_file() and not out.exists()
+    assert json.loads((moved / "config.json").read_text())["out"] == str(moved)
+
+
 def test_rerun_resumes_and_extends(tmp_path: Path, fake_proxy: list) -> None:
     out = tmp_path / "run"
     args = ["--budget", "0.6G", "--data", "digits", "--out", str(out)]
