@@ -39,7 +39,7 @@ class ProxySettings:
     """The proxy's schedule; the defaults are the default proxy (chosen by
     ``benchmarks/fidelity.py``; see README)."""
 
-    epochs: int = 1
+    epochs: int = 2
     resolution: int = 32
     batch_size: int = 64
     lr: float = 2e-3
