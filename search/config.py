@@ -22,7 +22,7 @@ class SearchConfig:
     """Everything a search needs. ``budget`` is text (``4GFLOPs``, ``600M`` ...), in MACs."""
 
     budget: str = "4GFLOPs"
-    trials: int = 8  # about 7 minutes on a 2-core CPU with the default proxy
+    trials: int = 8  # about 8 minutes at 4 GMACs on a 2-core CPU with the default proxy
     data: str = "default"
     epochs: int = DEFAULTS.epochs
     proxy_resolution: int = DEFAULTS.resolution
