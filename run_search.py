@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 from search.config import BACKENDS, SAMPLERS, SearchConfig
-from search.proxy import DEFAULTS
 
 DEFAULTS_RUN = SearchConfig()  # the defaults of every option below
 # Settings that define a search; a rerun on the same folder must keep them.
@@ -45,65 +44,66 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS_RUN
     p = Parser(prog="run_search.py", description=__doc__.splitlines()[0])
     p.add_argument(
         "--budget",
-        default="4GFLOPs",
-        help="MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs' (FLOPs here mean MACs)",
+        default=d.budget,
+        help="MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs'; FLOPs mean MACs (default %(default)s)",
     )
     p.add_argument(
-        "--trials",
-        type=int,
-        default=DEFAULTS_RUN.trials,
-        help=f"trials to run (default {DEFAULTS_RUN.trials})",
+        "--trials", type=int, default=d.trials, help="trials to run (default %(default)s)"
     )
     p.add_argument(
-        "--epochs",
-        type=int,
-        default=DEFAULTS.epochs,
-        help=f"proxy training epochs (default {DEFAULTS.epochs})",
+        "--epochs", type=int, default=d.epochs, help="proxy training epochs (default %(default)s)"
     )
     p.add_argument(
         "--data",
-        default="default",
+        default=d.data,
         help="default, mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH[@SIZE]",
     )
-    p.add_argument("--backend", choices=BACKENDS, default="optuna", help="optuna (default) or ray")
-    p.add_argument("--sampler", choices=SAMPLERS, default="nsga2", help="nsga2 (default) or tpe")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="default %(default)s")
+    p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="default %(default)s")
     p.add_argument(
-        "--ray-address", default=None, help="join this Ray cluster (default: start a local Ray)"
+        "--ray-address",
+        default=d.ray_address,
+        help="join this Ray cluster (default: start a local Ray)",
     )
     p.add_argument(
-        "--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial (default 1)"
+        "--cpus-per-trial",
+        type=float,
+        default=d.cpus_per_trial,
+        help="Ray: CPUs per trial (default %(default)s)",
     )
     p.add_argument(
         "--gpus-per-trial",
         type=float,
-        default=0.0,
-        help="Ray: GPUs per trial, may be fractional (default 0)",
+        default=d.gpus_per_trial,
+        help="Ray: GPUs per trial, may be fractional (default %(default)s)",
     )
+    p.add_argument("--out", default=d.out, help="run folder (default %(default)s); rerun to resume")
     p.add_argument(
-        "--out", default="runs/search", help="run folder (default runs/search); rerun to resume"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the sampler and the proxy (default 0)"
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of the sampler and the proxy (default %(default)s)",
     )
     p.add_argument(
         "--device",
-        default="auto",
-        help="auto (CUDA when there is one), cpu or cuda[:N] for proxy training (default auto)",
+        default=d.device,
+        help="proxy device: auto (CUDA when there is one), cpu, cuda[:N] (default %(default)s)",
     )
     p.add_argument(
         "--resolution",
         type=int,
-        default=224,
-        help="input size of the searched architecture (default 224)",
+        default=d.resolution,
+        help="input size of the searched architecture (default %(default)s)",
     )
     p.add_argument(
         "--proxy-resolution",
         type=int,
-        default=DEFAULTS.resolution,
-        help=f"proxy training input size (default {DEFAULTS.resolution})",
+        default=d.proxy_resolution,
+        help="proxy training input size (default %(default)s)",
     )
     p.add_argument("--no-prune", action="store_true", help="train every trial to the end")
     p.add_argument(

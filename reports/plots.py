@@ -27,13 +27,12 @@ def plot_pareto(data: ParetoData, ax: Axes | None = None) -> Axes:
     """Every trial as proxy accuracy against GMACs, coloured by block mix; the front as a step
     line; the budget as a vertical line; pruned trials hollow; failed trials on a strip below."""
     ax = _new_axes(ax, size=(10, 5.5))
-    counts = pd.concat([data.scored.blocks, data.pruned.blocks]).value_counts()
-    named = sorted(counts.index[:MAX_NAMED_MIXES]) if len(counts) > MAX_NAMED_MIXES + 1 else None
-    mixes = named if named is not None else sorted(counts.index)
-    colour = dict(zip(mixes, matplotlib.colormaps["tab20"](range(len(mixes))), strict=True))
-    groups = [(mix, [mix], colour[mix]) for mix in mixes]
-    if named is not None:
-        others = sorted(set(counts.index) - set(named))
+    counts = pd.concat([data.scored.blocks, data.pruned.blocks]).value_counts()  # most first
+    keep = len(counts) if len(counts) <= MAX_NAMED_MIXES + 1 else MAX_NAMED_MIXES
+    named, others = sorted(counts.index[:keep]), list(counts.index[keep:])
+    colours = matplotlib.colormaps["tab20"](range(len(named)))
+    groups = [(mix, [mix], c) for mix, c in zip(named, colours, strict=True)]
+    if others:
         groups.append((f"{len(others)} other block mixes", others, "darkgrey"))
     for label, members, shade in groups:
         done = data.scored[data.scored.blocks.isin(members)]

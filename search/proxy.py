@@ -156,6 +156,11 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
+def _check_finite(loss: Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` is the first CUDA device when there is one, else the CPU; ``cuda`` asked for on a
     machine without it is a ValueError."""
@@ -235,8 +240,8 @@ def train(
                     loss = F.cross_entropy(
                         model(x), labels, label_smoothing=settings.label_smoothing
                     )
-                if step % check_every == 0 and not torch.isfinite(loss):
-                    raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
+                if step % check_every == 0:
+                    _check_finite(loss, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -247,8 +252,7 @@ def train(
                     bar.update(1)
                     if step % check_every == 0:
                         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            if not torch.isfinite(loss):  # NaN weights stay NaN: the last loss tells
-                raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
+            _check_finite(loss, epoch)  # NaN weights stay NaN: the epoch's last loss tells
             accuracies.append(_evaluate(model, val_set, settings, dev, amp))
             if bar is not None:
                 bar.set_postfix(val=f"{accuracies[-1]:.3f}")
