@@ -1,6 +1,6 @@
 """Proxy fidelity: does the short proxy rank architectures the way 5 times longer training does?
 
-    python benchmarks/fidelity.py --archs 10                 # the default proxy (~40 min)
+    python benchmarks/fidelity.py --archs 10 --long-seeds  # the default proxy (~1.6 h, 2 cores)
     python benchmarks/fidelity.py --data digits --epochs 2   # another dataset and length
 
 Samples ``--archs`` architectures from the search space at ``--budget`` (Optuna's
