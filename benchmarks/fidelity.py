@@ -9,7 +9,9 @@ many epochs, and reports the Kendall tau between the two rankings, the spread of
 accuracies, and the tau between two proxy seeds (the proxy's own noise); ``--long-seeds`` also
 trains the long run with a second seed, which measures how well the reference ranks itself.
 Every training is appended to ``benchmarks/results/fidelity-<data>.jsonl`` and reused when the
-command runs again, so an interrupted run resumes.
+command runs again, so an interrupted run resumes. Rows are keyed by architecture, epochs,
+resolution and seed only: after a change to the trainer's arithmetic, delete the rows it makes
+stale (the README says which rows were made by which trainer).
 """
 
 from __future__ import annotations

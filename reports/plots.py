@@ -25,7 +25,8 @@ def _new_axes(ax: Axes | None, size: tuple[float, float] = (8, 5.5)) -> Axes:
 
 def plot_pareto(data: ParetoData, ax: Axes | None = None) -> Axes:
     """Every trial as proxy accuracy against GMACs, coloured by block mix; the front as a step
-    line; the budget as a vertical line; pruned trials hollow; failed trials on a strip below."""
+    line through ringed points (a one-trial front shows as its ring); the budget as a vertical
+    line; pruned trials hollow; failed trials on a strip below."""
     ax = _new_axes(ax, size=(10, 5.5))
     counts = pd.concat([data.scored.blocks, data.pruned.blocks]).value_counts()  # most first
     keep = len(counts) if len(counts) <= MAX_NAMED_MIXES + 1 else MAX_NAMED_MIXES
@@ -57,6 +58,9 @@ def plot_pareto(data: ParetoData, ax: Axes | None = None) -> Axes:
             where="post",
             color="black",
             linewidth=1.2,
+            marker="o",
+            markersize=11,
+            markerfacecolor="none",
             label="Pareto front",
             zorder=2,
         )

@@ -4,9 +4,10 @@ The model is built at the proxy resolution (``dataclasses.replace(arch, resoluti
 genotype's blocks, widths and depths are unchanged). Images are resized to it in batches
 (small images upsampled), lightly augmented (random shifts of an eighth of the side; horizontal
 flips for natural images), and trained with AdamW, a linear warm-up and cosine decay, and label
-smoothing. Validation top-1 is measured after every epoch. The same code runs on CUDA with mixed
-precision (bfloat16 where supported, else float16 with loss scaling) and channels_last; on the
-CPU it is deterministic for a seed.
+smoothing. Validation top-1 is measured after every epoch. Model and images are channels_last
+and AdamW is the fused kernel on every device (both faster than the defaults on the CPU too;
+README). The same code runs on CUDA with mixed precision (bfloat16 where supported, else float16
+with loss scaling); on the CPU it is deterministic for a seed.
 
 A NaN or infinite loss or running out of memory ends that training with a failed
 ``ProxyResult`` that says why; it never raises. An exception raised by the ``report`` callback
@@ -144,8 +145,7 @@ def _evaluate(
             val, 256, shuffle=False, generator=torch.Generator(), device=device
         ):
             x = _prepare(images, settings.resolution, augment=False, flips=False, generator=None)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             correct += int((model(x).argmax(dim=1) == labels).sum())
             total += len(labels)
     model.train()
@@ -198,10 +198,10 @@ def train(
     try:
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = build_model(dataclasses.replace(arch, resolution=resolution), num_classes).to(dev)
+        model = build_model(dataclasses.replace(arch, resolution=resolution), num_classes)
+        model = model.to(dev, memory_format=torch.channels_last)
         amp = None
         if dev.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
             amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
         decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -212,6 +212,7 @@ def train(
                 {"params": no_decay, "weight_decay": 0.0},
             ],
             lr=settings.lr,
+            fused=True,
         )
         steps = epochs * math.ceil(len(train_set) / settings.batch_size)
         warmup = max(1, round(steps * settings.warmup_fraction))
@@ -234,8 +235,7 @@ def train(
                 )
             ):
                 x = _prepare(images, resolution, augment=True, flips=flips, generator=generator)
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                     loss = F.cross_entropy(
                         model(x), labels, label_smoothing=settings.label_smoothing
