@@ -105,7 +105,7 @@ def _prepare(
     flips: bool,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """uint8 (B, C, h, w) -> normalised float (B, 3, resolution, resolution)."""
+    """uint8 (B, C, h, w) -> normalised float (B, 3, resolution, resolution), channels_last."""
     x = images.float().div_(255.0)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -116,7 +116,7 @@ def _prepare(
         if flips:
             flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return (x - 0.5) / 0.25
+    return ((x - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
 
 
 def _random_shift(x: Tensor, pad: int, generator: torch.Generator | None) -> Tensor:
@@ -145,7 +145,6 @@ def _evaluate(
             val, 256, shuffle=False, generator=torch.Generator(), device=device
         ):
             x = _prepare(images, settings.resolution, augment=False, flips=False, generator=None)
-            x = x.contiguous(memory_format=torch.channels_last)
             correct += int((model(x).argmax(dim=1) == labels).sum())
             total += len(labels)
     model.train()
@@ -235,7 +234,6 @@ def train(
                 )
             ):
                 x = _prepare(images, resolution, augment=True, flips=flips, generator=generator)
-                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                     loss = F.cross_entropy(
                         model(x), labels, label_smoothing=settings.label_smoothing
