@@ -17,21 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from search.config import BACKENDS, SAMPLERS, SearchConfig
-
-DEFAULTS_RUN = SearchConfig()  # the defaults of every option below
-# Settings that define a search; a rerun on the same folder must keep them.
-SEARCH_DEFINING = (
-    "budget",
-    "data",
-    "epochs",
-    "proxy_resolution",
-    "resolution",
-    "backend",
-    "sampler",
-    "prune",
-    "seed",
-)
+from search.config import SearchConfig, add_options, from_options
 
 
 class UsageError(Exception):
@@ -44,95 +30,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = DEFAULTS_RUN
-    p = Parser(prog="run_search.py", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--budget",
-        default=d.budget,
-        help="MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs'; FLOPs mean MACs (default %(default)s)",
-    )
-    p.add_argument(
-        "--trials", type=int, default=d.trials, help="trials to run (default %(default)s)"
-    )
-    p.add_argument(
-        "--epochs", type=int, default=d.epochs, help="proxy training epochs (default %(default)s)"
-    )
-    p.add_argument(
-        "--data",
-        default=d.data,
-        help="default, mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH[@SIZE]",
-    )
-    p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="default %(default)s")
-    p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="default %(default)s")
-    p.add_argument(
-        "--ray-address",
-        default=d.ray_address,
-        help="join this Ray cluster (default: start a local Ray)",
-    )
-    p.add_argument(
-        "--cpus-per-trial",
-        type=float,
-        default=d.cpus_per_trial,
-        help="Ray: CPUs per trial (default %(default)s)",
-    )
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=d.gpus_per_trial,
-        help="Ray: GPUs per trial, may be fractional (default %(default)s)",
-    )
-    p.add_argument("--out", default=d.out, help="run folder (default %(default)s); rerun to resume")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=d.seed,
-        help="seed of the sampler and the proxy (default %(default)s)",
-    )
-    p.add_argument(
-        "--device",
-        default=d.device,
-        help="proxy device: auto (CUDA when there is one), cpu, cuda[:N] (default %(default)s)",
-    )
-    p.add_argument(
-        "--resolution",
-        type=int,
-        default=d.resolution,
-        help="input size of the searched architecture (default %(default)s)",
-    )
-    p.add_argument(
-        "--proxy-resolution",
-        type=int,
-        default=d.proxy_resolution,
-        help="proxy training input size (default %(default)s)",
-    )
-    p.add_argument("--no-prune", action="store_true", help="train every trial to the end")
-    p.add_argument(
+    """One option per setting of ``SearchConfig``, and the run's actions."""
+    parser = Parser(prog="run_search.py", description=__doc__.splitlines()[0])
+    add_options(parser)
+    parser.add_argument(
         "--train-family", action="store_true", help="also proxy-train the Ti/XS/S/B variants"
     )
-    p.add_argument(
+    parser.add_argument(
         "--report-only", action="store_true", help="rebuild the reports of --out without training"
     )
-    return p
-
-
-def config_from(args: argparse.Namespace) -> SearchConfig:
-    return SearchConfig(
-        budget=args.budget,
-        trials=args.trials,
-        data=args.data,
-        epochs=args.epochs,
-        proxy_resolution=args.proxy_resolution,
-        resolution=args.resolution,
-        backend=args.backend,
-        sampler=args.sampler,
-        prune=not args.no_prune,
-        out=args.out,
-        seed=args.seed,
-        device=args.device,
-        ray_address=args.ray_address,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-    )
+    return parser
 
 
 def check_folder(config: SearchConfig) -> None:
@@ -152,16 +59,7 @@ def check_folder(config: SearchConfig) -> None:
         ) from None
     saved = out / "config.json"
     if saved.exists():
-        previous = SearchConfig.from_json(saved.read_text())
-
-        def value(c: SearchConfig, key: str) -> object:
-            return c.budget_macs if key == "budget" else getattr(c, key)
-
-        changed = [
-            f"{k}={getattr(previous, k)!r}"
-            for k in SEARCH_DEFINING
-            if value(previous, k) != value(config, k)
-        ]
+        changed = config.changed_from(SearchConfig.from_json(saved.read_text()))
         if changed:
             raise UsageError(
                 f"{out} holds a search made with {', '.join(changed)}; rerun with those options "
@@ -178,15 +76,9 @@ def train_family(config: SearchConfig, family: dict) -> dict[str, float]:
     accuracies = {}
     base = family["S"].resolution
     for variant, arch in family.items():
-        side = max(32, 8 * round(config.proxy_resolution * arch.resolution / base / 8))
-        result = proxy.train(
-            arch,
-            data,
-            epochs=config.epochs,
-            resolution=side,
-            seed=config.seed,
-            device=config.device,
-        )
+        side = max(32, 8 * round(config.proxy.resolution * arch.resolution / base / 8))
+        settings = dataclasses.replace(config.proxy, resolution=side)
+        result = proxy.train(arch, data, settings, seed=config.seed, device=config.device)
         outcome = f"failed: {result.reason}" if result.failed else f"{result.accuracy:.1%}"
         print(f"  {variant}: {outcome} ({side}px proxy)")
         if not result.failed:
@@ -230,7 +122,7 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
                 )
             # The folder may have been moved since the search: its reports go where it is now.
             return dataclasses.replace(SearchConfig.from_json(saved.read_text()), out=args.out)
-        config = config_from(args)
+        config = from_options(args)
         datasets.load(config.data)
         check_budget(config.budget_macs, config.resolution)
     except ValueError as error:
@@ -291,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.optuna_backend import FolderBusy
+    from search.storage import FolderBusy
 
     try:
         run(build_parser().parse_args(argv))

@@ -17,6 +17,7 @@ stale (the README says which rows were made by which trainer).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     def run(arch: ArchSpec, epochs: int, seed: int) -> dict:
         key = (arch.to_json(), epochs, args.resolution, seed)
         if key not in done:
-            result = train(arch, data, epochs=epochs, resolution=args.resolution, seed=seed)
+            settings = dataclasses.replace(DEFAULTS, epochs=epochs, resolution=args.resolution)
+            result = train(arch, data, settings, seed=seed)
             row = {
                 "arch": key[0],
                 "epochs": epochs,

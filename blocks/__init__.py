@@ -6,7 +6,12 @@ architecture genotype into a model.
 
 from __future__ import annotations
 
-from blocks import aewin, cmt, cot, dualvit  # noqa: F401  (registers the block types)
+# Importing registers the block types; their registration order is the order in which the
+# search space offers them (cmt first).
+from blocks import cmt  # noqa: F401
+
+# isort: split
+from blocks import aewin, cot, dualvit  # noqa: F401
 from blocks.attention import (
     attend,
     explicit_attention,

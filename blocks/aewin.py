@@ -28,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,17 @@ from torch import Tensor, nn
 from blocks.attention import attend
 from blocks.formulas import Cost, attention, conv, linear, norm
 from blocks.layers import DropPath, LayerNorm2d, Transition, pad_to_multiple
-from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, Stage, StageLike
+from blocks.registry import (
+    BLOCKS,
+    HEADS,
+    STEMS,
+    BlockOptions,
+    SharedChoices,
+    Stage,
+    StageLike,
+    StagePlan,
+    TrialLike,
+)
 
 __all__ = [
     "AEWinBlock",
@@ -310,19 +321,21 @@ class AEWinStage(Stage):
     second block."""
 
     options_type = AEWinOptions
+    # Searched head splits (horizontal, vertical, window channel ratios), by name.
+    SPLITS: ClassVar[dict[str, tuple[float, float, float]]] = {
+        "1/4,1/4,1/2": (0.25, 0.25, 0.5),  # the AEWin paper
+        "1/2,1/2,0": (0.5, 0.5, 0.0),  # stripes only (CSWin-like)
+        "0,0,1": (0.0, 0.0, 1.0),  # windows only (Swin-like)
+        "1/8,1/8,3/4": (0.125, 0.125, 0.75),
+        "3/8,3/8,1/4": (0.375, 0.375, 0.25),
+    }
+    STRIPES = (1, 2, 7)  # searched stripe widths
+    WINDOW = 7  # the window side is not searched
 
-    def __init__(
-        self,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        feature_size: int,
-        drop_path: list[float],
-        tokens_in: int = 0,
-    ) -> None:
+    def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()
-        self.transition = Transition(in_width, spec.width, stride=stride, kernel=3)
+        spec = plan.spec
+        self.transition = Transition(plan.in_width, spec.width, stride=plan.stride, kernel=3)
         self.blocks = nn.Sequential(
             *(
                 AEWinBlock(
@@ -338,20 +351,23 @@ class AEWinStage(Stage):
         )
 
     @classmethod
-    def cost(
-        cls,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        in_size: int,
-        feature_size: int,
-        tokens_in: int,
-    ) -> Cost:
-        pixels = feature_size * feature_size
-        entry = Transition.cost(in_width, spec.width, stride=stride, kernel=3, pixels=pixels)
-        block = AEWinBlock.cost(spec.width, spec.heads, spec.mlp_ratio, spec.options, feature_size)
+    def cost(cls, plan: StagePlan) -> Cost:
+        spec, side = plan.spec, plan.feature_size
+        entry = Transition.cost(
+            plan.in_width, spec.width, stride=plan.stride, kernel=3, pixels=side * side
+        )
+        block = AEWinBlock.cost(spec.width, spec.heads, spec.mlp_ratio, spec.options, side)
         return entry + block * spec.depth
+
+    @classmethod
+    def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> AEWinOptions:
+        split = cls.SPLITS[trial.suggest_categorical(f"s{stage}_split", tuple(cls.SPLITS))]
+        stripe = trial.suggest_categorical(f"s{stage}_stripe", cls.STRIPES)
+        return AEWinOptions(split, cls.WINDOW, stripe)
+
+    @classmethod
+    def cheapest_options(cls, stage: int) -> AEWinOptions:
+        return AEWinOptions(cls.SPLITS["0,0,1"], cls.WINDOW, min(cls.STRIPES))
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(self.transition(x)), None

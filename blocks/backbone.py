@@ -9,38 +9,27 @@ head may use; other stages drop them.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 from torch import Tensor, nn
 
 from blocks.formulas import Cost
 from blocks.layers import drop_path_rates, stage_size, trunc_normal_init
-from blocks.registry import BLOCKS, HEADS, STEMS, ArchLike, Stage, StageLike
+from blocks.registry import BLOCKS, HEADS, STEMS, ArchLike, StagePlan
 
 __all__ = ["Backbone", "StagePlan", "build_model", "estimate_cost", "plan_stages"]
 
 
-class StagePlan(NamedTuple):
-    """Where a stage sits in the network: what it receives and the map side it runs at."""
-
-    spec: StageLike
-    stage_type: type[Stage]
-    in_width: int
-    stride: int
-    in_size: int
-    feature_size: int
-    tokens_in: int
-
-
-def plan_stages(arch: ArchLike) -> list[StagePlan]:
-    """The four stages of ``arch`` with their input widths, strides and sizes."""
+def plan_stages(arch: ArchLike, resolution: int | None = None) -> list[StagePlan]:
+    """The four stages of ``arch`` with their input widths, strides and sizes for an input of
+    ``resolution`` (default: the genotype's own)."""
+    resolution = resolution or arch.resolution
     stem_stride = STEMS.get(arch.stem).stride
     in_width, stride = arch.stem_width, 4 // stem_stride
-    in_size, tokens_in = math.ceil(arch.resolution / stem_stride), 0
+    in_size, tokens_in = math.ceil(resolution / stem_stride), 0
     plans = []
     for i, spec in enumerate(arch.stages):
         stage_type = BLOCKS.get(spec.block)
-        size = stage_size(arch.resolution, i)
+        size = stage_size(resolution, i)
         plans.append(StagePlan(spec, stage_type, in_width, stride, in_size, size, tokens_in))
         in_width, stride, in_size = spec.width, 2, size
         tokens_in = stage_type.token_count(spec, size, tokens_in)
@@ -52,14 +41,7 @@ def estimate_cost(arch: ArchLike, num_classes: int = 1000) -> Cost:
     plans = plan_stages(arch)
     total = STEMS.get(arch.stem).cost(arch.stem_width, arch.resolution)
     for plan in plans:
-        total += plan.stage_type.cost(
-            plan.spec,
-            in_width=plan.in_width,
-            stride=plan.stride,
-            in_size=plan.in_size,
-            feature_size=plan.feature_size,
-            tokens_in=plan.tokens_in,
-        )
+        total += plan.stage_type.cost(plan)
     last = plans[-1]
     return total + HEADS.get(arch.head).cost(
         last.spec,
@@ -71,13 +53,18 @@ def estimate_cost(arch: ArchLike, num_classes: int = 1000) -> Cost:
 
 
 class Backbone(nn.Module):
-    """Stem -> stages -> head, built from an architecture genotype."""
+    """Stem -> stages -> head, built from an architecture genotype.
+
+    ``resolution`` is the input size the model is built for (position tables, token grids);
+    it defaults to the genotype's. The model runs at any input size.
+    """
 
     def __init__(
         self,
         arch: ArchLike,
         num_classes: int = 1000,
         *,
+        resolution: int | None = None,
         drop_path_rate: float = 0.0,
         dropout: float = 0.0,
     ) -> None:
@@ -85,15 +72,8 @@ class Backbone(nn.Module):
         self.stem = STEMS.get(arch.stem)(arch.stem_width)
         rates = drop_path_rates(drop_path_rate, [spec.depth for spec in arch.stages])
         self.stages = nn.ModuleList(
-            plan.stage_type(
-                plan.spec,
-                in_width=plan.in_width,
-                stride=plan.stride,
-                feature_size=plan.feature_size,
-                drop_path=rate,
-                tokens_in=plan.tokens_in,
-            )
-            for plan, rate in zip(plan_stages(arch), rates, strict=True)
+            plan.stage_type(plan, rate)
+            for plan, rate in zip(plan_stages(arch, resolution), rates, strict=True)
         )
         self.head = HEADS.get(arch.head)(
             arch.stages[-1], width=arch.head_width, num_classes=num_classes, dropout=dropout
@@ -118,8 +98,16 @@ def build_model(
     arch: ArchLike,
     num_classes: int = 1000,
     *,
+    resolution: int | None = None,
     drop_path_rate: float = 0.0,
     dropout: float = 0.0,
 ) -> Backbone:
-    """Build the PyTorch model of an architecture genotype (``space.genotype.ArchSpec``)."""
-    return Backbone(arch, num_classes, drop_path_rate=drop_path_rate, dropout=dropout)
+    """Build the PyTorch model of an architecture genotype (``space.genotype.ArchSpec``),
+    for inputs of ``resolution`` (default: the genotype's own)."""
+    return Backbone(
+        arch,
+        num_classes,
+        resolution=resolution,
+        drop_path_rate=drop_path_rate,
+        dropout=dropout,
+    )

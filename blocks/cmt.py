@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,17 @@ from blocks.layers import (
     pad_to_multiple,
     tokens_to_map,
 )
-from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, Stage, StageLike
+from blocks.registry import (
+    BLOCKS,
+    HEADS,
+    STEMS,
+    BlockOptions,
+    SharedChoices,
+    Stage,
+    StageLike,
+    StagePlan,
+    TrialLike,
+)
 
 __all__ = ["CMTBlock", "CMTOptions", "CMTStage", "CMTStem", "ConvHead"]
 
@@ -204,20 +215,13 @@ class CMTStage(Stage):
     """2x2 stride-2 patch aggregation, then ``depth`` CMT blocks sharing one position-bias table."""
 
     options_type = CMTOptions
+    KV_REDUCTIONS = ((4, 8), (2, 4), (1, 2), (1, 2))  # searched k per stage
 
-    def __init__(
-        self,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        feature_size: int,
-        drop_path: list[float],
-        tokens_in: int = 0,
-    ) -> None:
+    def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()
+        spec, feature_size = plan.spec, plan.feature_size
         k = spec.options.kv_reduction
-        self.transition = Transition(in_width, spec.width, stride=stride, kernel=2)
+        self.transition = Transition(plan.in_width, spec.width, stride=plan.stride, kernel=2)
         self.blocks = nn.ModuleList(
             CMTBlock(spec.width, spec.heads, spec.mlp_ratio, k, rate) for rate in drop_path
         )
@@ -228,21 +232,23 @@ class CMTStage(Stage):
         self.relative_bias = nn.Parameter(torch.randn(spec.heads, n_query, n_key))
 
     @classmethod
-    def cost(
-        cls,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        in_size: int,
-        feature_size: int,
-        tokens_in: int,
-    ) -> Cost:
-        k, n = spec.options.kv_reduction, feature_size * feature_size
-        entry = Transition.cost(in_width, spec.width, stride=stride, kernel=2, pixels=n)
-        block = CMTBlock.cost(spec.width, spec.mlp_ratio, k, feature_size)
-        bias_table = Cost(spec.heads * n * math.ceil(feature_size / k) ** 2, 0)
+    def cost(cls, plan: StagePlan) -> Cost:
+        spec, side = plan.spec, plan.feature_size
+        k, n = spec.options.kv_reduction, side * side
+        entry = Transition.cost(plan.in_width, spec.width, stride=plan.stride, kernel=2, pixels=n)
+        block = CMTBlock.cost(spec.width, spec.mlp_ratio, k, side)
+        bias_table = Cost(spec.heads * n * math.ceil(side / k) ** 2, 0)
         return entry + block * spec.depth + bias_table
+
+    @classmethod
+    def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> CMTOptions:
+        return CMTOptions(
+            trial.suggest_categorical(f"s{stage}_kv_reduction", cls.KV_REDUCTIONS[stage])
+        )
+
+    @classmethod
+    def cheapest_options(cls, stage: int) -> CMTOptions:
+        return CMTOptions(max(cls.KV_REDUCTIONS[stage]))
 
     def bias_for(self, height: int, width: int) -> Tensor:
         """The stage's bias table for an (height, width) map, resized if the size differs."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,18 @@ from torch import Tensor, nn
 
 from blocks.formulas import Cost, conv, linear, norm
 from blocks.layers import DropPath
-from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, Stage, StageLike
+from blocks.registry import (
+    BLOCKS,
+    HEADS,
+    STEMS,
+    BlockOptions,
+    SharedChoices,
+    Stage,
+    StageChoice,
+    StageLike,
+    StagePlan,
+    TrialLike,
+)
 
 __all__ = ["CoTBottleneck", "CoTLayer", "CoTOptions", "CoTStage", "PoolHead", "ResNetStem"]
 
@@ -198,18 +210,12 @@ class CoTStage(Stage):
     """``depth`` CoT bottlenecks; the first one changes width and stride."""
 
     options_type = CoTOptions
+    RATIOS = (2.0, 4.0)  # searched width / bottleneck width
+    KERNELS = (3, 5)  # searched kernel sizes
 
-    def __init__(
-        self,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        feature_size: int,
-        drop_path: list[float],
-        tokens_in: int = 0,
-    ) -> None:
+    def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()
+        spec, in_width, stride = plan.spec, plan.in_width, plan.stride
         mid = int(spec.width / spec.mlp_ratio)
         self.blocks = nn.Sequential(
             *(
@@ -226,24 +232,33 @@ class CoTStage(Stage):
         )
 
     @classmethod
-    def cost(
-        cls,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        in_size: int,
-        feature_size: int,
-        tokens_in: int,
-    ) -> Cost:
-        mid, kernel, size = int(spec.width / spec.mlp_ratio), spec.options.kernel, feature_size
+    def cost(cls, plan: StagePlan) -> Cost:
+        spec, size = plan.spec, plan.feature_size
+        mid, kernel = int(spec.width / spec.mlp_ratio), spec.options.kernel
         first = CoTBottleneck.cost(
-            in_width, spec.width, mid, stride=stride, kernel=kernel, in_size=in_size, size=size
+            plan.in_width,
+            spec.width,
+            mid,
+            stride=plan.stride,
+            kernel=kernel,
+            in_size=plan.in_size,
+            size=size,
         )
         rest = CoTBottleneck.cost(
             spec.width, spec.width, mid, stride=1, kernel=kernel, in_size=size, size=size
         )
         return first + rest * (spec.depth - 1)
+
+    @classmethod
+    def draw(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> StageChoice:
+        """No heads; the ratio is width over bottleneck width, then the kernel."""
+        ratio = trial.suggest_categorical(f"s{stage}_cot_ratio", cls.RATIOS)
+        kernel = trial.suggest_categorical(f"s{stage}_cot_kernel", cls.KERNELS)
+        return StageChoice(1, ratio, CoTOptions(kernel))
+
+    @classmethod
+    def cheapest(cls, stage: int, shared: SharedChoices) -> StageChoice:
+        return StageChoice(1, max(cls.RATIOS), CoTOptions(min(cls.KERNELS)))
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(x), None

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,17 @@ from torch import Tensor, nn
 from blocks.attention import attend, merge_heads, split_heads
 from blocks.formulas import Cost, attention, conv, linear, norm
 from blocks.layers import DropPath, Transition, map_to_tokens, tokens_to_map
-from blocks.registry import BLOCKS, HEADS, STEMS, BlockOptions, Stage, StageLike
+from blocks.registry import (
+    BLOCKS,
+    HEADS,
+    STEMS,
+    BlockOptions,
+    SharedChoices,
+    Stage,
+    StageLike,
+    StagePlan,
+    TrialLike,
+)
 
 __all__ = [
     "ClassAttentionHead",
@@ -293,25 +304,19 @@ class DualStage(Stage):
     Merge blocks, LayerNorm on the pixel path."""
 
     options_type = DualOptions
+    POOLS = (7, 10, 14)  # searched token pools, one per network
+    MODES = (("dual",), ("dual",), ("dual", "merge"), ("dual", "merge"))  # searched per stage
 
-    def __init__(
-        self,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        feature_size: int,
-        drop_path: list[float],
-        tokens_in: int = 0,
-    ) -> None:
+    def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()
+        spec, in_width, feature_size = plan.spec, plan.in_width, plan.feature_size
         dim = spec.width
-        self.transition = Transition(in_width, dim, stride=stride, kernel=3)
+        self.transition = Transition(in_width, dim, stride=plan.stride, kernel=3)
         self.tokens: nn.Module = (
             nn.Sequential(
                 nn.LayerNorm(in_width, eps=1e-6), nn.Linear(in_width, dim), nn.LayerNorm(dim)
             )
-            if tokens_in
+            if plan.tokens_in
             else SemanticTokens(dim, spec.options.pool, feature_size)
         )
         block = DualBlock if spec.options.mode == "dual" else MergeBlock
@@ -325,25 +330,29 @@ class DualStage(Stage):
         return tokens_in or token_grid(feature_size, spec.options.pool) ** 2
 
     @classmethod
-    def cost(
-        cls,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        in_size: int,
-        feature_size: int,
-        tokens_in: int,
-    ) -> Cost:
-        d, n = spec.width, feature_size * feature_size
-        m = cls.token_count(spec, feature_size, tokens_in)
-        out = Transition.cost(in_width, d, stride=stride, kernel=3, pixels=n) + norm(d)
-        if tokens_in:
+    def cost(cls, plan: StagePlan) -> Cost:
+        spec, in_width = plan.spec, plan.in_width
+        d, n = spec.width, plan.feature_size * plan.feature_size
+        m = cls.token_count(spec, plan.feature_size, plan.tokens_in)
+        out = Transition.cost(in_width, d, stride=plan.stride, kernel=3, pixels=n) + norm(d)
+        if plan.tokens_in:
             out += norm(in_width) + linear(in_width, d, m) + norm(d)
         else:
             out += SemanticTokens.cost(d, m)
         block = DualBlock if spec.options.mode == "dual" else MergeBlock
         return out + block.cost(d, spec.mlp_ratio, n, m) * spec.depth
+
+    @classmethod
+    def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> DualOptions:
+        """The token pool is drawn once per network (tokens flow between Dual stages)."""
+        if "dual_pool" not in shared.network:
+            shared.network["dual_pool"] = trial.suggest_categorical("dual_pool", cls.POOLS)
+        mode = trial.suggest_categorical(f"s{stage}_dual_mode", cls.MODES[stage])
+        return DualOptions(shared.network["dual_pool"], mode)
+
+    @classmethod
+    def cheapest_options(cls, stage: int) -> DualOptions:
+        return DualOptions(max(cls.POOLS), "dual")
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.transition(x)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 from torch import Tensor, nn
 
@@ -29,8 +29,12 @@ __all__ = [
     "ArchLike",
     "BlockOptions",
     "Registry",
+    "SharedChoices",
     "Stage",
+    "StageChoice",
     "StageLike",
+    "StagePlan",
+    "TrialLike",
 ]
 
 T = TypeVar("T")
@@ -58,6 +62,12 @@ class Registry(Generic[T]):
         except KeyError:
             known = ", ".join(self.names())
             raise ValueError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what it named (an unknown name is an error)."""
+        item = self.get(name)
+        del self._items[name]
+        return item
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._items)
@@ -88,6 +98,16 @@ class ArchLike(Protocol):
     stages: Sequence[StageLike]
 
 
+class TrialLike(Protocol):
+    """The part of ``optuna.trial.Trial`` that search-space draws use."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+
+    def suggest_float(self, name: str, low: float, high: float) -> float: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockOptions:
     """Base of a block type's own hyper-parameters (a frozen dataclass per block type).
@@ -103,21 +123,60 @@ class BlockOptions:
         """Raise ``ValueError`` if a stage with these options cannot follow ``previous``."""
 
 
+class StagePlan(NamedTuple):
+    """Where a stage sits in the network: its genotype, what it receives (``in_width``
+    channels of an ``in_size`` map, ``tokens_in`` semantic tokens, 0 for none), the stride it
+    applies (1 or 2) and the side of its own map, ``feature_size``, at the built resolution."""
+
+    spec: StageLike
+    stage_type: type[Stage]
+    in_width: int
+    stride: int
+    in_size: int
+    feature_size: int
+    tokens_in: int
+
+
+class StageChoice(NamedTuple):
+    """A stage's drawn heads, MLP (or expansion) ratio and block options."""
+
+    heads: int
+    mlp_ratio: float
+    options: BlockOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedChoices:
+    """The search space's choices that every block type draws from: heads per stage and MLP
+    ratios. ``network`` holds what is drawn once per network and shared by stages (Dual-ViT's
+    token pool); a draw adds to it."""
+
+    heads: tuple[tuple[int, ...], ...]
+    mlp_ratios: tuple[float, ...]
+    network: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class Stage(nn.Module):
-    """A stage of one block type, registered in ``BLOCKS``; the backbone calls, in order:
+    """A stage of one block type, registered in ``BLOCKS``.
 
-    ``__init__(spec, *, in_width, stride, feature_size, drop_path, tokens_in)``: build from a
-    stage genotype; the stage opens by taking ``in_width`` channels to ``spec.width`` and
-    dividing the map side by ``stride`` (1 or 2), ``feature_size`` is its map side at the
-    genotype's resolution, ``drop_path`` its blocks' stochastic-depth rates, and ``tokens_in``
-    how many semantic tokens the previous stage passes (0: none);
-    ``forward(x, tokens) -> (x, tokens)``: map a (B, C_in, H, W) map and optional semantic tokens
-    to (B, C, ceil(H / stride), ceil(W / stride)) and the tokens it passes on, or None.
+    Building: ``__init__(plan, drop_path)`` builds from a ``StagePlan`` (the stage opens by
+    taking ``plan.in_width`` channels to ``plan.spec.width`` and dividing the map side by
+    ``plan.stride``); ``drop_path`` holds its blocks' stochastic-depth rates.
+    ``forward(x, tokens) -> (x, tokens)`` maps a (B, C_in, H, W) map and optional semantic
+    tokens to (B, C, ceil(H / stride), ceil(W / stride)) and the tokens it passes on, or None.
 
-    ``cost`` gives the stage's parameters and MACs from the same arguments without building it.
+    Costing: ``cost(plan)`` gives the stage's parameters and MACs without building it, and
+    ``token_count`` how many semantic tokens it passes on.
+
+    Searching (``space.sampling`` calls these, so a new block type needs no other edit):
+    ``draw(trial, stage, shared)`` draws the stage's heads, ratio and options with
+    ``trial.suggest_*`` only; ``cheapest(stage, shared)`` gives its cheapest choices. By
+    default heads and ratio come from ``shared`` and the options from ``draw_options`` and
+    ``cheapest_options``. ``searchable = False`` keeps a block type out of the search space.
     """
 
     options_type: ClassVar[type[BlockOptions]]
+    searchable: ClassVar[bool] = True
 
     @staticmethod
     def token_count(spec: StageLike, feature_size: int, tokens_in: int) -> int:
@@ -125,18 +184,32 @@ class Stage(nn.Module):
         return 0
 
     @classmethod
-    def cost(
-        cls,
-        spec: StageLike,
-        *,
-        in_width: int,
-        stride: int,
-        in_size: int,
-        feature_size: int,
-        tokens_in: int,
-    ) -> Cost:
-        """Parameters and MACs for an ``in_size`` input map and a ``feature_size`` output map."""
+    def cost(cls, plan: StagePlan) -> Cost:
+        """Parameters and MACs of the stage planned by ``plan``."""
         raise NotImplementedError
+
+    @classmethod
+    def draw(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> StageChoice:
+        """Draw heads, then the MLP ratio, then the block's options for stage ``stage``."""
+        heads = trial.suggest_categorical(f"s{stage}_heads", shared.heads[stage])
+        ratio = trial.suggest_categorical(f"s{stage}_mlp_ratio", shared.mlp_ratios)
+        return StageChoice(heads, ratio, cls.draw_options(trial, stage, shared))
+
+    @classmethod
+    def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> BlockOptions:
+        """The block's own options for stage ``stage`` (default: the options' defaults)."""
+        return cls.options_type()
+
+    @classmethod
+    def cheapest(cls, stage: int, shared: SharedChoices) -> StageChoice:
+        """The choices of stage ``stage`` with the fewest MACs."""
+        heads, ratio = min(shared.heads[stage]), min(shared.mlp_ratios)
+        return StageChoice(heads, ratio, cls.cheapest_options(stage))
+
+    @classmethod
+    def cheapest_options(cls, stage: int) -> BlockOptions:
+        """The block's options with the fewest MACs (default: the options' defaults)."""
+        return cls.options_type()
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError

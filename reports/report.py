@@ -15,7 +15,6 @@ import pandas as pd
 from reports import plots
 from reports.tables import best_within_budget, family_table, pareto_data, pareto_front
 from search.config import SearchConfig
-from search.proxy import DEFAULTS
 from space.cost import count
 from space.genotype import ArchSpec
 from space.scaling import ALPHA, BETA, GAMMA, family
@@ -58,76 +57,85 @@ def _stage_rows(arch: ArchSpec) -> list[str]:
     return rows
 
 
-def render(
-    config: SearchConfig,
-    trials: pd.DataFrame,
-    front: pd.DataFrame,
-    best: pd.Series | None,
-    family_rows: pd.DataFrame | None,
-) -> str:
-    """The text of ``report.md``."""
+def _counts(trials: pd.DataFrame) -> str:
+    """``"3 complete, 1 pruned"``: trials by state."""
     states = trials.state.value_counts().to_dict()
-    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items()))
+    return ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items()))
+
+
+def _summary_section(
+    config: SearchConfig, trials: pd.DataFrame, best: pd.Series | None
+) -> list[str]:
     budget = config.budget_macs
     lines = [f"# Search report: {config.budget} at {config.resolution}px on `{config.data}`", ""]
     if best is None:
-        lines += [
-            f"{len(trials)} trials ({counts}); no trial completed within the budget of "
+        return [
+            *lines,
+            f"{len(trials)} trials ({_counts(trials)}); no trial completed within the budget of "
             f"{_gmacs(budget)} GMACs, so there is no best architecture and no family.",
             "",
         ]
-    else:
-        arch = ArchSpec.from_json(best.arch)
-        lines += [
-            f"{len(trials)} trials ({counts}) searched hybrid backbones, one block type per stage "
-            f"(CMT, AEWin, CoT, Dual-ViT), under a budget of {_gmacs(budget)} GMACs at "
-            f"{config.resolution}px. The best architecture within the budget is trial "
-            f"{int(best.number)}, `{best.blocks}`: {best.accuracy:.1%} proxy validation top-1 at "
-            f"{_gmacs(best.macs)} GMACs ({best.macs / budget:.0%} of the budget) and "
-            f"{best.params / 1e6:.2f}M parameters.",
-            "",
-            "## Best architecture within the budget",
-            "",
-            f"Stem `{arch.stem}` ({arch.stem_width} channels), head `{arch.head}` "
-            f"({arch.head_width}), input {arch.resolution}px. "
-            "JSON: [best_arch.json](best_arch.json).",
-            "",
-            *_stage_rows(arch),
-            "",
-        ]
-    if family_rows is not None:
-        trained = family_rows.accuracy.notna().any()
-        lines += [
-            f"## The family (compound scaling, alpha={ALPHA}, beta={BETA}, gamma={GAMMA})",
-            "",
-            "Depth x alpha^phi, width x beta^phi, resolution x gamma^phi from the best "
-            "architecture (S, phi = 0); MACs and parameters counted with fvcore at each "
-            "variant's resolution. Published CMT variants for reference.",
-            "",
-            "| variant | phi | input | widths | depths | params | GMACs | proxy top-1 "
-            "| CMT input | CMT params | CMT GMACs |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in family_rows.itertuples():
-            accuracy = f"{row.accuracy:.1%}" if pd.notna(row.accuracy) else "-"
-            lines.append(
-                f"| [{row.variant}](family/{row.variant}.json) | {row.phi:g} | {row.resolution} "
-                f"| {row.widths} | {row.depths} | {row.params / 1e6:.2f}M | {_gmacs(row.macs)} "
-                f"| {accuracy} | {row.cmt_resolution} | {row.cmt_params / 1e6:.2f}M "
-                f"| {_gmacs(row.cmt_macs)} |"
-            )
-        note = (
-            "Proxy accuracies of the variants come from the same proxy at a proxy resolution "
-            "scaled like the input."
-            if trained
-            else "The variants were not proxy-trained (`--train-family` does that)."
+    return [
+        *lines,
+        f"{len(trials)} trials ({_counts(trials)}) searched hybrid backbones, one block type per "
+        f"stage (CMT, AEWin, CoT, Dual-ViT), under a budget of {_gmacs(budget)} GMACs at "
+        f"{config.resolution}px. The best architecture within the budget is trial "
+        f"{int(best.number)}, `{best.blocks}`: {best.accuracy:.1%} proxy validation top-1 at "
+        f"{_gmacs(best.macs)} GMACs ({best.macs / budget:.0%} of the budget) and "
+        f"{best.params / 1e6:.2f}M parameters.",
+        "",
+    ]
+
+
+def _best_section(best: pd.Series) -> list[str]:
+    arch = ArchSpec.from_json(best.arch)
+    return [
+        "## Best architecture within the budget",
+        "",
+        f"Stem `{arch.stem}` ({arch.stem_width} channels), head `{arch.head}` "
+        f"({arch.head_width}), input {arch.resolution}px. "
+        "JSON: [best_arch.json](best_arch.json).",
+        "",
+        *_stage_rows(arch),
+        "",
+    ]
+
+
+def _family_section(family_rows: pd.DataFrame) -> list[str]:
+    lines = [
+        f"## The family (compound scaling, alpha={ALPHA}, beta={BETA}, gamma={GAMMA})",
+        "",
+        "Depth x alpha^phi, width x beta^phi, resolution x gamma^phi from the best "
+        "architecture (S, phi = 0); MACs and parameters counted with fvcore at each "
+        "variant's resolution. Published CMT variants for reference.",
+        "",
+        "| variant | phi | input | widths | depths | params | GMACs | proxy top-1 "
+        "| CMT input | CMT params | CMT GMACs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in family_rows.itertuples():
+        accuracy = f"{row.accuracy:.1%}" if pd.notna(row.accuracy) else "-"
+        lines.append(
+            f"| [{row.variant}](family/{row.variant}.json) | {row.phi:g} | {row.resolution} "
+            f"| {row.widths} | {row.depths} | {row.params / 1e6:.2f}M | {_gmacs(row.macs)} "
+            f"| {accuracy} | {row.cmt_resolution} | {row.cmt_params / 1e6:.2f}M "
+            f"| {_gmacs(row.cmt_macs)} |"
         )
-        lines += ["", note, "", "![family](family.png)", ""]
-    lines += [
+    note = (
+        "Proxy accuracies of the variants come from the same proxy at a proxy resolution "
+        "scaled like the input."
+        if family_rows.accuracy.notna().any()
+        else "The variants were not proxy-trained (`--train-family` does that)."
+    )
+    return [*lines, "", note, "", "![family](family.png)", ""]
+
+
+def _trials_section(trials: pd.DataFrame, front: pd.DataFrame) -> list[str]:
+    lines = [
         "## All trials and the front",
         "",
-        f"{counts.capitalize()}. Pruned trials were stopped early by the dominance rule "
-        "(their accuracy is the one when stopped); failed trials say why in `trials.csv`.",
+        f"{_counts(trials).capitalize()}. Pruned trials were stopped early by the dominance "
+        "rule (their accuracy is the one when stopped); failed trials say why in `trials.csv`.",
         "",
         "| trial | blocks | GMACs | params | proxy top-1 |",
         "|---|---|---|---|---|",
@@ -137,37 +145,60 @@ def render(
             f"| {row.number} | {row.blocks} | {_gmacs(row.macs)} | {row.params / 1e6:.2f}M "
             f"| {row.accuracy:.1%} |"
         )
-    lines += [
-        "",
-        "![pareto](pareto.png)",
-        "",
+    return [*lines, "", "![pareto](pareto.png)", ""]
+
+
+def _method_section(config: SearchConfig) -> list[str]:
+    recipe = config.proxy
+    device = f"`{config.device}`"
+    if config.device == "auto":
+        device += " (CUDA when present, else the CPU)"
+    return [
         "## How it was measured",
         "",
         "- MACs are multiply-accumulates, the quantity the CMT, Swin, Dual-ViT and CoTNet papers "
         "call FLOPs, at the target resolution, counted with fvcore with attention included "
         "whatever kernel computes it; normalisation, activations and pooling are not counted.",
-        f"- Proxy: `{config.data}`, {config.epochs} epoch(s) at {config.proxy_resolution}px, "
-        f"batch {DEFAULTS.batch_size}, AdamW (lr {DEFAULTS.lr:g}, weight decay "
-        f"{DEFAULTS.weight_decay:g}) with warm-up and cosine decay, label smoothing "
-        f"{DEFAULTS.label_smoothing:g}, seed {config.seed}, device `{config.device}`"
-        f"{' (CUDA when present, else the CPU)' if config.device == 'auto' else ''}. A proxy ranks "
+        f"- Proxy: `{config.data}`, {recipe.epochs} epoch(s) at {recipe.resolution}px, "
+        f"batch {recipe.batch_size}, AdamW (lr {recipe.lr:g}, weight decay "
+        f"{recipe.weight_decay:g}) with warm-up and cosine decay, label smoothing "
+        f"{recipe.label_smoothing:g}, seed {config.seed}, device {device}. A proxy ranks "
         "architectures roughly; see the README's proxy-fidelity figures.",
         f"- Search: {config.backend} backend, {config.sampler} sampler, seed {config.seed}, "
         f"early stopping {'on' if config.prune else 'off'}; every setting is in "
         "[config.json](config.json).",
         "",
+    ]
+
+
+def _files_section(config: SearchConfig) -> list[str]:
+    return [
         "## Files",
         "",
         *[f"- [{name}]({name}): {what}" for name, what in FILES.items()],
-        "- "
-        + (
-            "[study.journal](study.journal): the Optuna study (`optuna-dashboard study.journal`)"
-            if config.backend == "optuna"
-            else "[ray/](ray/): the Ray Tune experiment (restored on rerun)"
-        ),
+        "- [study.journal](study.journal): the study, every trial of either backend "
+        "(`optuna-dashboard study.journal`)",
         "",
     ]
-    return "\n".join(lines)
+
+
+def render(
+    config: SearchConfig,
+    trials: pd.DataFrame,
+    front: pd.DataFrame,
+    best: pd.Series | None,
+    family_rows: pd.DataFrame | None,
+) -> str:
+    """The text of ``report.md``, section by section."""
+    sections = [
+        _summary_section(config, trials, best),
+        [] if best is None else _best_section(best),
+        [] if family_rows is None else _family_section(family_rows),
+        _trials_section(trials, front),
+        _method_section(config),
+        _files_section(config),
+    ]
+    return "\n".join(line for section in sections for line in section)
 
 
 def write_reports(

@@ -1,52 +1,104 @@
 """The run configuration: one typed object with visible defaults, validated on construction,
-saved as ``config.json`` in the run folder so that every run can be reproduced from its folder."""
+saved as ``config.json`` in the run folder so that every run can be reproduced from its folder.
+
+Every field carries its command-line help in its metadata, so ``run_search.py`` builds its
+options from the dataclass (``add_options`` / ``from_options``): an option exists exactly when
+a setting does. ``proxy`` nests the proxy's whole recipe (``search.proxy.ProxySettings``).
+Settings marked ``defines_search`` may not change when a run folder is resumed.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import typing
 from typing import Any
 
-from search.proxy import DEFAULTS
+from search.proxy import ProxySettings
 from space.cost import parse_budget
+from space.fields import field_names, reject_unknown
 from space.genotype import MIN_RESOLUTION
 
-__all__ = ["BACKENDS", "SAMPLERS", "SearchConfig"]
+__all__ = ["BACKENDS", "SAMPLERS", "SearchConfig", "add_options", "from_options"]
 
 BACKENDS = ("optuna", "ray")
 SAMPLERS = ("nsga2", "tpe")
 
 
+def _setting(
+    default: Any, help: str, *, flag: str | None = None, defines_search: bool = False, **extra: Any
+) -> Any:
+    """A field with its command-line ``help`` (``%(default)s`` allowed) and ``flag``
+    (default: ``--`` and the name with dashes)."""
+    metadata = {"help": help, "flag": flag, "defines_search": defines_search, **extra}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """Everything a search needs. ``budget`` is text (``4GFLOPs``, ``600M`` ...), in MACs."""
+    """Everything a run needs. ``budget`` is text (``4GFLOPs``, ``600M`` ...), in MACs."""
 
-    budget: str = "4GFLOPs"
-    trials: int = 8  # about 8 minutes at 4 GMACs on a 2-core CPU with the default proxy
-    data: str = "default"
-    epochs: int = DEFAULTS.epochs
-    proxy_resolution: int = DEFAULTS.resolution
-    resolution: int = 224
-    backend: str = "optuna"
-    sampler: str = "nsga2"
-    prune: bool = True
-    out: str = "runs/search"
-    seed: int = 0
-    device: str = "auto"
-    ray_address: str | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    budget: str = _setting(
+        "4GFLOPs",
+        "MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs'; FLOPs mean MACs (default %(default)s)",
+        defines_search=True,
+    )
+    trials: int = _setting(8, "trials to run (default %(default)s)")
+    data: str = _setting(
+        "default",
+        "default, mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH[@SIZE]",
+        defines_search=True,
+    )
+    resolution: int = _setting(
+        224,
+        "input size of the searched architecture; the budget is counted at it "
+        "(default %(default)s)",
+        defines_search=True,
+    )
+    proxy: ProxySettings = dataclasses.field(
+        default_factory=ProxySettings,
+        metadata={"help": "the proxy's recipe", "defines_search": True},
+    )
+    backend: str = _setting(
+        "optuna", "search backend (default %(default)s)", choices=BACKENDS, defines_search=True
+    )
+    sampler: str = _setting(
+        "nsga2", "Optuna sampler (default %(default)s)", choices=SAMPLERS, defines_search=True
+    )
+    prune: bool = _setting(
+        True,
+        "--no-prune: train every trial to its last epoch (early stopping off)",
+        defines_search=True,
+    )
+    out: str = _setting("runs/search", "run folder (default %(default)s); rerun to resume")
+    seed: int = _setting(
+        0, "seed of the sampler and the proxy (default %(default)s)", defines_search=True
+    )
+    device: str = _setting(
+        "auto", "proxy device: auto (CUDA when there is one), cpu, cuda[:N] (default %(default)s)"
+    )
+    ray_address: str | None = _setting(
+        None, "Ray: join this cluster (auto, ray://host:10001; default: start a local Ray)"
+    )
+    cpus_per_trial: float = _setting(1.0, "Ray: CPUs per trial (default %(default)s)")
+    gpus_per_trial: float = _setting(
+        0.0, "Ray: GPUs per trial, fractional to pack trials on a GPU (default %(default)s)"
+    )
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)
-        for name in ("trials", "epochs"):
+        for name, low in (("trials", 1), ("resolution", MIN_RESOLUTION)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("proxy_resolution", "resolution"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < MIN_RESOLUTION:
-                raise ValueError(f"{name} must be an integer >= {MIN_RESOLUTION}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.proxy, ProxySettings):
+            raise ValueError(f"proxy must be ProxySettings, got {type(self.proxy).__name__}")
+        if self.proxy.resolution < MIN_RESOLUTION:
+            raise ValueError(
+                f"proxy resolution must be an integer >= {MIN_RESOLUTION}, "
+                f"got {self.proxy.resolution!r}"
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.sampler not in SAMPLERS:
@@ -62,20 +114,132 @@ class SearchConfig:
     def budget_macs(self) -> int:
         return parse_budget(self.budget)
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
-        """Build from a dict; an unknown key is an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        """Build from ``to_dict``'s output; an unknown key is an error listing the known ones."""
+        reject_unknown(data, field_names(cls), what="setting")
+        data = dict(data)
+        if isinstance(data.get("proxy"), dict):
+            reject_unknown(data["proxy"], field_names(ProxySettings), what="proxy setting")
+            data["proxy"] = ProxySettings(**data["proxy"])
         return cls(**data)
 
     @classmethod
     def from_json(cls, text: str) -> SearchConfig:
         return cls.from_dict(json.loads(text))
+
+    def changed_from(self, previous: SearchConfig) -> list[str]:
+        """``name=value`` of each setting that defines the search and differs in ``previous``
+        (the budget compared in MACs)."""
+        changed = []
+        for name, value, before in _settings_that_define(self, previous):
+            same = (
+                parse_budget(value) == parse_budget(before)
+                if name == "budget"
+                else (value == before)
+            )
+            if not same:
+                changed.append(f"{name}={before!r}")
+        return changed
+
+
+def _settings_that_define(
+    config: SearchConfig, previous: SearchConfig
+) -> list[tuple[str, Any, Any]]:
+    """(name, value, previous value) of every setting marked ``defines_search``, the proxy's
+    fields by their own names."""
+    out = []
+    for field in dataclasses.fields(SearchConfig):
+        if not field.metadata.get("defines_search"):
+            continue
+        value, before = getattr(config, field.name), getattr(previous, field.name)
+        if isinstance(value, ProxySettings):
+            out += [
+                (_proxy_name(f.name), getattr(value, f.name), getattr(before, f.name))
+                for f in dataclasses.fields(ProxySettings)
+            ]
+        else:
+            out.append((field.name, value, before))
+    return out
+
+
+# The proxy's fields on the command line: --epochs and --proxy-NAME.
+_PROXY_FLAGS = {"epochs": "epochs"}
+_PROXY_HELP = {
+    "epochs": "proxy training epochs per trial (default %(default)s)",
+    "resolution": "proxy input size of the searched architecture (default %(default)s)",
+    "batch_size": "proxy batch size (default %(default)s)",
+    "lr": "proxy peak learning rate of AdamW (default %(default)s)",
+    "weight_decay": "proxy weight decay (default %(default)s)",
+    "warmup_fraction": "share of the proxy's steps spent warming up (default %(default)s)",
+    "label_smoothing": "proxy label smoothing (default %(default)s)",
+}
+
+
+def _proxy_name(name: str) -> str:
+    return _PROXY_FLAGS.get(name, f"proxy_{name}")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """One command-line option per setting of ``SearchConfig`` (the proxy's included), with
+    the dataclass defaults."""
+    hints = typing.get_type_hints(SearchConfig)
+    proxy_hints = typing.get_type_hints(ProxySettings)
+    for field in dataclasses.fields(SearchConfig):
+        if field.name == "proxy":
+            for sub in dataclasses.fields(ProxySettings):
+                _add(
+                    parser,
+                    _proxy_name(sub.name),
+                    proxy_hints[sub.name],
+                    sub.default,
+                    _PROXY_HELP[sub.name],
+                )
+            continue
+        meta = field.metadata
+        _add(
+            parser,
+            field.name,
+            hints[field.name],
+            field.default,
+            meta["help"],
+            choices=meta.get("choices"),
+        )
+
+
+def _add(
+    parser: argparse.ArgumentParser,
+    name: str,
+    hint: Any,
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+) -> None:
+    flag = "--" + name.replace("_", "-")
+    if hint is bool:
+        if default:
+            parser.add_argument(
+                f"--no-{name.replace('_', '-')}", dest=name, action="store_false", help=help
+            )
+        else:
+            parser.add_argument(flag, dest=name, action="store_true", help=help)
+        return
+    kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    parser.add_argument(flag, dest=name, type=kind, default=default, choices=choices, help=help)
+
+
+def from_options(args: argparse.Namespace) -> SearchConfig:
+    """The configuration the parsed options (``add_options``) describe."""
+    proxy = ProxySettings(
+        **{f.name: getattr(args, _proxy_name(f.name)) for f in dataclasses.fields(ProxySettings)}
+    )
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if f.name != "proxy"
+    }
+    return SearchConfig(**values, proxy=proxy)

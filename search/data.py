@@ -27,11 +27,13 @@ from torch.utils.data import Dataset, TensorDataset
 __all__ = [
     "DEFAULT",
     "NAMES",
+    "DatasetName",
     "FolderDataset",
     "ImageData",
     "ImageTensorDataset",
     "absolute",
     "load",
+    "parse_name",
 ]
 
 DEFAULT = "mnist5k"
@@ -193,25 +195,29 @@ def _folder(path: Path, size: int) -> ImageData:
     return ImageData(FolderDataset(train, size), FolderDataset(val, size), len(index), size)
 
 
-def absolute(name: str) -> str:
-    """``name`` with its path made absolute (for workers that run in another directory)."""
-    kind, sep, rest = str(name).partition(":")
-    if not sep or kind not in ("cifar10", "cifar100", "folder"):
-        return name
-    path, at, size = rest.rpartition("@") if kind == "folder" and "@" in rest else (rest, "", "")
-    return f"{kind}:{Path(path).expanduser().resolve()}{at}{size}"
+class DatasetName(NamedTuple):
+    """A parsed dataset name: ``kind`` (``mnist5k``, ``digits``, ``cifar10``, ``cifar100``,
+    ``folder``), the path of the file-backed ones and a folder's image size."""
+
+    kind: str
+    path: Path | None = None
+    size: int = FOLDER_SIZE
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return self.kind
+        size = f"@{self.size}" if self.kind == "folder" and self.size != FOLDER_SIZE else ""
+        return f"{self.kind}:{self.path}{size}"
 
 
-def load(name: str) -> ImageData:
-    """Load a dataset by its command-line name (see the module docstring).
-
-    Raises ``ValueError`` naming the problem for an unknown name or a missing or malformed path.
-    """
+def parse_name(name: str) -> DatasetName:
+    """The one reading of a dataset's command-line name (see the module docstring); raises
+    ``ValueError`` for an unknown name or a bad folder size. Paths are not checked here."""
     kind, _, rest = str(name).partition(":")
     if kind == "default":
         kind = DEFAULT
     if kind in ("mnist5k", "digits") and not rest:
-        return _mnist5k() if kind == "mnist5k" else _digits()
+        return DatasetName(kind)
     if kind not in ("cifar10", "cifar100", "folder") or not rest:
         raise ValueError(f"unknown dataset {name!r}; use one of: {', '.join(NAMES)}")
     size = FOLDER_SIZE
@@ -220,9 +226,27 @@ def load(name: str) -> ImageData:
         if not size_text.isdigit() or int(size_text) < 8:
             raise ValueError(f"folder image size must be an integer >= 8, got {size_text!r}")
         size = int(size_text)
-    path = Path(rest).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"dataset folder {str(path)!r} does not exist (from {name!r})")
-    if kind == "folder":
-        return _folder(path, size)
-    return _cifar(path, 10 if kind == "cifar10" else 100)
+    return DatasetName(kind, Path(rest).expanduser(), size)
+
+
+def absolute(name: str) -> str:
+    """``name`` with its path made absolute (for workers that run in another directory)."""
+    parsed = parse_name(name)
+    if parsed.path is None:
+        return str(name)
+    return str(parsed._replace(path=parsed.path.resolve()))
+
+
+def load(name: str) -> ImageData:
+    """Load a dataset by its command-line name (see the module docstring).
+
+    Raises ``ValueError`` naming the problem for an unknown name or a missing or malformed path.
+    """
+    parsed = parse_name(name)
+    if parsed.path is None:
+        return _mnist5k() if parsed.kind == "mnist5k" else _digits()
+    if not parsed.path.is_dir():
+        raise ValueError(f"dataset folder {str(parsed.path)!r} does not exist (from {name!r})")
+    if parsed.kind == "folder":
+        return _folder(parsed.path, parsed.size)
+    return _cifar(parsed.path, 10 if parsed.kind == "cifar10" else 100)

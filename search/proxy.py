@@ -1,7 +1,8 @@
 """Proxy training: a short training that scores a candidate architecture.
 
-The model is built at the proxy resolution (``dataclasses.replace(arch, resolution=...)``; the
-genotype's blocks, widths and depths are unchanged). Images are resized to it in batches
+The model is built for the proxy input (``build_model(arch, resolution=...)``; the genotype's
+blocks, widths and depths are unchanged, only position tables and token grids are sized for the
+smaller maps). Images are resized to it in batches
 (small images upsampled), lightly augmented (random shifts of an eighth of the side; horizontal
 flips for natural images), and trained with AdamW, a linear warm-up and cosine decay, and label
 smoothing. Validation top-1 is measured after every epoch. Model and images are channels_last
@@ -21,7 +22,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +33,23 @@ from blocks import build_model
 from search.data import ImageData, ImageTensorDataset
 from space.genotype import ArchSpec
 
-__all__ = ["DEFAULTS", "ProxyResult", "ProxySettings", "resolve_device", "train"]
+__all__ = [
+    "DEFAULTS",
+    "MIN_PROXY_RESOLUTION",
+    "ProxyResult",
+    "ProxySettings",
+    "resolve_device",
+    "train",
+]
+
+MIN_PROXY_RESOLUTION = 16  # stage maps of 4, 2, 1, 1
 
 
 @dataclasses.dataclass(frozen=True)
 class ProxySettings:
-    """The proxy's schedule; the defaults are the default proxy (chosen by
-    ``benchmarks/fidelity.py``; see README)."""
+    """The proxy's recipe; the defaults are the default proxy (chosen by
+    ``benchmarks/fidelity.py``; see README). ``resolution`` is the proxy input side of the
+    searched architecture (scaled members train at ``proxy_input``'s side)."""
 
     epochs: int = 2
     resolution: int = 32
@@ -47,6 +58,28 @@ class ProxySettings:
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
     label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "resolution", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.resolution < MIN_PROXY_RESOLUTION:
+            raise ValueError(
+                f"resolution (the proxy input) must be at least {MIN_PROXY_RESOLUTION}, "
+                f"got {self.resolution}"
+            )
+        checks = {
+            "lr": (lambda v: v > 0, "> 0"),
+            "weight_decay": (lambda v: v >= 0, ">= 0"),
+            "warmup_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        }
+        for name, (ok, rule) in checks.items():
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"{name} must be a number {rule}, got {value!r}")
 
 
 DEFAULTS = ProxySettings()
@@ -171,102 +204,133 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+class _Run(NamedTuple):
+    """What one training works with: the model and its optimiser, schedule and loss scaler,
+    the device and the autocast type (None: full precision)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: torch.dtype | None
+
+
+def _setup(
+    arch: ArchSpec, num_classes: int, steps: int, settings: ProxySettings, dev: torch.device
+) -> _Run:
+    """The model built for the proxy input, AdamW (no decay on biases and norms), a linear
+    warm-up then cosine decay over ``steps``, and mixed precision on CUDA."""
+    model = build_model(arch, num_classes, resolution=settings.resolution)
+    model = model.to(dev, memory_format=torch.channels_last)
+    amp = None
+    if dev.type == "cuda":
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": settings.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=settings.lr,
+        fused=True,
+    )
+    warmup = max(1, round(steps * settings.warmup_fraction))
+    schedule = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps - warmup)),
+        ],
+        milestones=[warmup],
+    )
+    return _Run(model, optimizer, schedule, scaler, dev, amp)
+
+
+def _train_epoch(
+    run: _Run,
+    train_set: Dataset,
+    settings: ProxySettings,
+    epoch: int,
+    generator: torch.Generator,
+    bar: Any,
+) -> int:
+    """One epoch of training; returns the number of images seen. Raises ``TrainingFailed`` on
+    a non-finite loss (checked every step on the CPU, every few steps on CUDA, where reading
+    the loss waits for the GPU, and at the epoch's end)."""
+    flips = getattr(train_set, "natural", False)
+    check_every = 1 if run.device.type == "cpu" else 16
+    seen = 0
+    batches = _batches(
+        train_set, settings.batch_size, shuffle=True, generator=generator, device=run.device
+    )
+    for step, (images, labels) in enumerate(batches):
+        x = _prepare(images, settings.resolution, augment=True, flips=flips, generator=generator)
+        with torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None):
+            loss = F.cross_entropy(run.model(x), labels, label_smoothing=settings.label_smoothing)
+        if step % check_every == 0:
+            _check_finite(loss, epoch)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.schedule.step()
+        seen += len(labels)
+        if bar is not None:
+            bar.update(1)
+            if step % check_every == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    _check_finite(loss, epoch)  # NaN weights stay NaN: the epoch's last loss tells
+    return seen
+
+
 def train(
     arch: ArchSpec,
     data: ImageData,
+    settings: ProxySettings = DEFAULTS,
     *,
-    epochs: int = DEFAULTS.epochs,
-    resolution: int = DEFAULTS.resolution,
     seed: int = 0,
     device: str = "cpu",
-    settings: ProxySettings = DEFAULTS,
     report: Callable[[int, float], None] | None = None,
     progress: bool | None = None,
 ) -> ProxyResult:
-    """Train ``arch`` on ``data`` for ``epochs`` at ``resolution``; see the module docstring.
+    """Train ``arch`` on ``data`` with the recipe ``settings``; see the module docstring.
 
     ``report(epoch, accuracy)`` is called after every epoch (for pruning); ``progress`` shows a
     tqdm bar (default: when standard error is a terminal).
     """
-    settings = dataclasses.replace(settings, epochs=epochs, resolution=resolution)
     dev = resolve_device(device)
     train_set, val_set, num_classes, _ = data
     start = time.perf_counter()
     seen, accuracies = 0, []
-    model: nn.Module | None = None
+    steps = settings.epochs * math.ceil(len(train_set) / settings.batch_size)
+    bar = None
     try:
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = build_model(dataclasses.replace(arch, resolution=resolution), num_classes)
-        model = model.to(dev, memory_format=torch.channels_last)
-        amp = None
-        if dev.type == "cuda":
-            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": settings.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=settings.lr,
-            fused=True,
-        )
-        steps = epochs * math.ceil(len(train_set) / settings.batch_size)
-        warmup = max(1, round(steps * settings.warmup_fraction))
-        schedule = torch.optim.lr_scheduler.SequentialLR(
-            optimizer,
-            [
-                torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, total_iters=warmup),
-                torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps - warmup)),
-            ],
-            milestones=[warmup],
-        )
-        flips = getattr(train_set, "natural", False)
+        run = _setup(arch, num_classes, steps, settings, dev)
         bar = _progress_bar(steps, arch, progress)
-        # Reading the loss waits for the GPU; there it is checked every few steps, not every step.
-        check_every = 1 if dev.type == "cpu" else 16
-        for epoch in range(epochs):
-            for step, (images, labels) in enumerate(
-                _batches(
-                    train_set, settings.batch_size, shuffle=True, generator=generator, device=dev
-                )
-            ):
-                x = _prepare(images, resolution, augment=True, flips=flips, generator=generator)
-                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                    loss = F.cross_entropy(
-                        model(x), labels, label_smoothing=settings.label_smoothing
-                    )
-                if step % check_every == 0:
-                    _check_finite(loss, epoch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
-                seen += len(labels)
-                if bar is not None:
-                    bar.update(1)
-                    if step % check_every == 0:
-                        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            _check_finite(loss, epoch)  # NaN weights stay NaN: the epoch's last loss tells
-            accuracies.append(_evaluate(model, val_set, settings, dev, amp))
+        for epoch in range(settings.epochs):
+            seen += _train_epoch(run, train_set, settings, epoch, generator, bar)
+            accuracies.append(_evaluate(run.model, val_set, settings, dev, run.amp))
             if bar is not None:
                 bar.set_postfix(val=f"{accuracies[-1]:.3f}")
             if report is not None:
                 report(epoch, accuracies[-1])
-        if bar is not None:
-            bar.close()
     except TrainingFailed as failure:
         return _failed(str(failure), accuracies, start, seen)
     except (RuntimeError, torch.OutOfMemoryError) as error:
         if not _is_out_of_memory(error):
             raise
-        del model
+        run = None  # free the model before emptying the cache
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         return _failed(f"out of memory: {str(error).splitlines()[0]}", accuracies, start, seen)
+    finally:
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - start
     return ProxyResult(accuracies[-1], tuple(accuracies), seconds, seen / seconds)
 

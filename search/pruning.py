@@ -4,12 +4,10 @@ Optuna's pruners rank a trial by one intermediate value and refuse multi-objecti
 (``Trial.report`` raises there), and stopping on accuracy alone would kill cheap architectures
 that belong on the accuracy-MACs front. ``DominancePruner`` stops a trial after epoch e when at
 least ``quorum`` finished trials were already more accurate after their epoch e while costing
-no more MACs: the trial is then dominated several times over at that point of training. On the
-ten 5-epoch trainings of ``benchmarks/fidelity.py`` (mnist5k) the rule would have stopped two to
-four architectures after each epoch and none that ends on the final front, though after the
-first epoch it stops one that ends second most accurate: early rankings do reverse, so the
-quorum is kept at three. Pruning starts once ``min_finished`` trials have finished and never
-happens after the last epoch.
+no more MACs: the trial is then dominated several times over at that point of training. Early
+rankings do reverse (the README measures how often), so the quorum asks for three such trials.
+Pruning starts once ``min_finished`` trials have finished and never happens after the last
+epoch.
 """
 
 from __future__ import annotations

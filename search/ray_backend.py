@@ -1,27 +1,26 @@
-"""The Ray Tune backend: the same search space and proxy through ``ray.tune.Tuner``, for parallel
-trials on GPUs and on existing Ray clusters.
+"""The Ray Tune backend: the same trials, run in parallel by ``ray.tune.Tuner`` on a machine's
+CPUs and GPUs or on an existing Ray cluster.
 
-- Search: ``OptunaSearch`` over the same define-by-run space (``space.sampling.sample``), with
-  the two objectives (accuracy up, MACs down) and the same NSGA-II or TPE sampler; the sampled
-  architecture travels in the trial's config as JSON.
-- Scheduling: ASHA on the per-epoch accuracy (a trial reports after every epoch); a trial it
-  stops is recorded as PRUNED with its last accuracy (the searcher is told that accuracy).
-- Resources: ``cpus_per_trial`` and fractional ``gpus_per_trial`` per trial; Ray packs as many
-  trials as the resources allow.
-- Cluster: ``ray_address`` joins an existing cluster; without it a local Ray is started.
-- Resume: the experiment lives in ``<out>/ray``; rerunning the same command restores it with
-  ``Tuner.restore``, the searcher's state included, and reruns the unfinished trials.
-
-Results become the same ``TrialRecord`` rows as the Optuna backend's (backend ``ray``).
+- Search: ``OptunaSearch`` on the run folder's own study (``search.storage``), so both
+  backends keep their trials in one place, in one form. Its define-by-run space is
+  ``search.trial.define``; the trial's number travels in the Ray config, and the worker stores
+  its outcome in the study's journal (the run folder must be on storage every node reaches).
+- Workers get the frozen ``SearchConfig`` itself and run ``search.trial.train``, reporting
+  after every epoch; an architecture already trained in the study is not trained again.
+- Scheduling: ASHA on the per-epoch accuracy (grace period one epoch, reduction factor 2); a
+  trial it stops is PRUNED with its last accuracy. ``prune=False`` runs every trial to its end.
+- Resources: ``cpus_per_trial`` and fractional ``gpus_per_trial``; Ray packs as many trials as
+  they allow. ``ray_address`` joins an existing cluster, else a local Ray starts.
+- Resume: as with the Optuna backend, finished trials stay in the study, trials a dead run left
+  RUNNING are failed and redone, and a rerun runs the remaining slots (Ray's own experiment
+  folders, ``ray/run-<k>``, are scratch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-import re
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,220 +29,172 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's quiet reporter; verbos
 import optuna
 import ray
 import torch
+from optuna.trial import TrialState
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search import data as datasets
-from search import proxy
+from search import storage, trial
 from search.config import SearchConfig
-from search.records import OnTrial, TrialRecord, best_accuracy
-from space.cost import estimate
+from search.records import OnTrial
 from space.genotype import ArchSpec
-from space.sampling import check_budget, sample
+from space.sampling import check_budget
 
-__all__ = ["EXPERIMENT", "ProxyFailed", "records", "run"]
+__all__ = ["ProxyFailed", "RayBackend"]
 
-EXPERIMENT = "ray"
-_PROGRESS: dict[str, OnTrial] = {}  # the current process's progress callback, by name
-
-
-class _Progress(tune.Callback):
-    """Calls this process's ``on_trial`` as trials end. Only its name is pickled into the
-    experiment, so a restored run reports to the process that restores it."""
-
-    def __init__(self) -> None:
-        self.finished: list[float | None] = []
-
-    def _ended(self, trial: Any) -> None:
-        self.finished.append((trial.last_result or {}).get("accuracy"))
-        callback = _PROGRESS.get("on_trial")
-        if callback is not None:
-            callback(len(self.finished), best_accuracy(self.finished))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial)
+EXPERIMENTS = "ray"
 
 
 class ProxyFailed(RuntimeError):
-    """Raised in a Ray trial whose proxy training failed (NaN loss, out of memory)."""
+    """Raised in a Ray trial whose training failed, so that Ray records it as an error."""
 
 
-def _space(trial: Any, *, budget: int, resolution: int) -> dict[str, str]:
-    """Ray's define-by-run space: our one sampler; the architecture goes into the config."""
-    return {"arch": sample(trial, budget, resolution).to_json()}
+class _StudySearch(OptunaSearch):
+    """``OptunaSearch`` that tells the study what happened: FAIL for an error and PRUNED for a
+    trial the scheduler stopped before its last epoch (``OptunaSearch`` itself tells both as
+    COMPLETE when they had reported once)."""
+
+    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs = epochs
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        asked = self._ot_trials[trial_id]
+        done = (result or {}).get("epoch", 0)
+        if error or not result:
+            self._ot_study.tell(asked, state=TrialState.FAIL)
+        elif done < self.epochs:
+            asked.set_user_attr("fail_reason", f"stopped by ASHA after epoch {done}")
+            self._ot_study.tell(asked, state=TrialState.PRUNED)
+        else:
+            self._ot_study.tell(asked, [result["accuracy"], result["macs"]])
+        self._completed_trials.add(trial_id)
 
 
-def _trainable(config: dict[str, Any], *, settings: dict[str, Any]) -> None:
-    """One Ray trial: proxy-train the sampled architecture, reporting after every epoch."""
-    torch.set_num_threads(max(1, int(settings["cpus_per_trial"])))
-    arch = ArchSpec.from_json(config["arch"])
-    cost = estimate(arch)
-    data = datasets.load(settings["data"])
-    start, accuracies = time.time(), []
+class _Progress(tune.Callback):
+    """Calls ``on_trial(finished, best_accuracy)`` from the study as trials end. The callback
+    is not pickled into Ray's experiment state (a progress bar is not picklable)."""
+
+    def __init__(self, out: str, on_trial: OnTrial | None) -> None:
+        self.out, self.on_trial = out, on_trial
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"out": self.out, "on_trial": None}
+
+    def _ended(self) -> None:
+        if self.on_trial is not None:
+            self.on_trial(*storage.progress(storage.load_study(self.out)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended()
+
+
+def _space(asked: optuna.Trial, *, config: SearchConfig) -> dict[str, Any]:
+    """Ray's define-by-run space: ``search.trial.define``; the config carries the trial."""
+    return {"arch": trial.define(asked, config).to_json(), "number": asked.number}
+
+
+def _trainable(params: dict[str, Any], *, config: SearchConfig) -> None:
+    """One Ray trial: train the defined architecture, reporting after every epoch."""
+    torch.set_num_threads(max(1, int(config.cpus_per_trial)))
+    arch = ArchSpec.from_json(params["arch"])
+    journal = storage.journal(config.out)
+    study = optuna.load_study(study_name=storage.STUDY_NAME, storage=journal)
+    macs = float(study.trials[params["number"]].user_attrs["macs"])
 
     def report(epoch: int, accuracy: float) -> None:
-        accuracies.append(accuracy)
-        tune.report(
-            {
-                "accuracy": accuracy,
-                "macs": cost.macs,
-                "params": cost.params,
-                "epoch": epoch + 1,
-                "epoch_accuracies": list(accuracies),
-                "start": start,
-                "end": time.time(),
-            }
-        )
+        tune.report({"accuracy": accuracy, "macs": macs, "epoch": epoch + 1})
 
-    device = "cuda" if settings["gpus_per_trial"] > 0 else settings["device"]
-    result = proxy.train(
-        arch,
-        data,
-        epochs=settings["epochs"],
-        resolution=settings["proxy_resolution"],
-        seed=settings["seed"],
-        device=device,
-        report=report,
-        progress=False,
+    attrs = trial.StoredTrial(journal, params["number"])
+    device = "cuda" if config.gpus_per_trial > 0 else config.device
+    worker = dataclasses.replace(config, device=device)
+    outcome = trial.train(
+        attrs, arch, study, worker, datasets.load(config.data), report, replay=True
     )
-    if result.failed:
-        raise ProxyFailed(result.reason)
+    if outcome.state == TrialState.FAIL:
+        raise ProxyFailed(outcome.reason)
 
 
-def _sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
-    if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True)
-    population = max(4, min(50, config.trials // 4))
-    return optuna.samplers.NSGAIISampler(population_size=population, seed=config.seed)
-
-
-def _tuner(config: SearchConfig, experiment: Path) -> tune.Tuner:
-    settings = {
-        "data": datasets.absolute(config.data),
-        "epochs": config.epochs,
-        "proxy_resolution": config.proxy_resolution,
-        "seed": config.seed,
-        "device": config.device,
-        "cpus_per_trial": config.cpus_per_trial,
-        "gpus_per_trial": config.gpus_per_trial,
-    }
-    trainable = tune.with_resources(
-        functools.partial(_trainable, settings=settings),
-        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
-    )
-    if tune.Tuner.can_restore(str(experiment)):
-        return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True)
-    search = OptunaSearch(
-        space=functools.partial(_space, budget=config.budget_macs, resolution=config.resolution),
+def _tuner(config: SearchConfig, slots: int, experiment: str, on_trial: OnTrial | None) -> Any:
+    search = _StudySearch(
+        space=functools.partial(_space, config=config),
         metric=["accuracy", "macs"],
         mode=["max", "min"],
-        sampler=_sampler(config),
+        sampler=trial.sampler(config, config.seed + storage.trial_count(config.out)),
+        study_name=storage.STUDY_NAME,
+        storage=storage.journal(config.out),
+        epochs=config.proxy.epochs,
     )
-    scheduler = ASHAScheduler(
-        metric="accuracy",
-        mode="max",
-        time_attr="training_iteration",
-        max_t=config.epochs,
-        grace_period=1,
-        reduction_factor=2,
+    scheduler = (
+        ASHAScheduler(
+            metric="accuracy",
+            mode="max",
+            time_attr="training_iteration",
+            max_t=config.proxy.epochs,
+            grace_period=1,
+            reduction_factor=2,
+        )
+        if config.prune
+        else FIFOScheduler()
+    )
+    trainable = tune.with_resources(
+        functools.partial(_trainable, config=config),
+        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
     )
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=search,
-            scheduler=scheduler,
-            num_samples=config.trials,
-            trial_dirname_creator=_trial_dirname,
-        ),
+        tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=slots),
         run_config=tune.RunConfig(
-            name=EXPERIMENT,
-            storage_path=str(experiment.parent),
+            name=experiment,
+            storage_path=str(Path(config.out) / EXPERIMENTS),
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[_Progress()],
+            callbacks=[_Progress(config.out, on_trial)],
             verbose=0,
         ),
     )
 
 
-def _trial_dirname(trial: Any) -> str:
-    """``trial_<n>_<id>``, n counting from 1 in creation order (Ray's experiment tag)."""
-    return f"trial_{trial.experiment_tag.split('_', 1)[0]}_{trial.trial_id}"
+@dataclasses.dataclass(frozen=True)
+class RayBackend:
+    """Runs (or continues) the search with Ray Tune until ``config.trials`` slots are used;
+    ``on_trial(finished, best_accuracy)`` is called at the start and as trials end."""
 
+    name: str = "ray"
 
-def _number(path: str, fallback: int) -> int:
-    """The trial's 0-based creation index, from its folder name (see ``_trial_dirname``)."""
-    match = re.match(r"trial_(\d+)_", Path(path).name)
-    return int(match.group(1)) - 1 if match else fallback
-
-
-def _record(number: int, result: Any, epochs: int) -> TrialRecord:
-    arch_json = result.config.get("arch", "")
-    metrics = result.metrics or {}
-    accuracies = tuple(metrics.get("epoch_accuracies", ()))
-    cost = estimate(ArchSpec.from_json(arch_json)) if arch_json else None
-    if result.error is not None:
-        state, reason = "FAIL", str(result.error).strip().splitlines()[-1]
-    elif len(accuracies) < epochs:
-        state, reason = "PRUNED", f"stopped by ASHA after epoch {len(accuracies)}"
-    else:
-        state, reason = "COMPLETE", ""
-    start, end = metrics.get("start"), metrics.get("end")
-    return TrialRecord(
-        number=number,
-        state=state,
-        backend="ray",
-        arch=arch_json,
-        blocks=ArchSpec.from_json(arch_json).block_mix if arch_json else "",
-        params=cost.params if cost else None,
-        macs=cost.macs if cost else None,
-        accuracy=accuracies[-1] if accuracies and state != "FAIL" else None,
-        epoch_accuracies=accuracies,
-        train_seconds=(end - start) if start and end else None,
-        start=datetime.fromtimestamp(start) if start else None,
-        end=datetime.fromtimestamp(end) if end else None,
-        fail_reason=reason,
-    )
-
-
-def _records(results: Any, epochs: int) -> list[TrialRecord]:
-    return [_record(_number(r.path, i), r, epochs) for i, r in enumerate(results)]
-
-
-def records(config: SearchConfig) -> list[TrialRecord]:
-    """The trials of the run folder's Ray experiment as they stand, without running any."""
-    experiment = Path(config.out).resolve() / EXPERIMENT
-    if not tune.Tuner.can_restore(str(experiment)):
-        raise ValueError(f"{config.out} holds no Ray Tune experiment ({EXPERIMENT}/)")
-    results = tune.Tuner.restore(str(experiment), trainable=_trainable).get_results()
-    return _records(list(results), config.epochs)
-
-
-def run(config: SearchConfig, on_trial: OnTrial | None = None) -> list[TrialRecord]:
-    """Run (or resume) the search with Ray Tune; returns one record per trial.
-
-    ``on_trial(finished, best_accuracy)`` is called as trials end (in this process).
-    """
-    datasets.load(config.data)
-    check_budget(config.budget_macs, config.resolution)
-    experiment = Path(config.out).resolve() / EXPERIMENT
-    experiment.parent.mkdir(parents=True, exist_ok=True)
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=config.ray_address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
+    def run(self, config: SearchConfig, on_trial: OnTrial | None = None) -> None:
+        datasets.load(config.data)
+        check_budget(config.budget_macs, config.resolution)
+        # Workers run elsewhere: they get absolute paths.
+        config = dataclasses.replace(
+            config, data=datasets.absolute(config.data), out=str(Path(config.out).resolve())
         )
-    if on_trial is not None:
-        _PROGRESS["on_trial"] = on_trial
-    try:
-        return _records(list(_tuner(config, experiment).fit()), config.epochs)
-    finally:
-        _PROGRESS.pop("on_trial", None)
-        if started_here:
-            ray.shutdown()
+        with storage.folder_lock(config.out):
+            journal = storage.journal(config.out)
+            study = storage.open_study(journal, trial.sampler(config))
+            storage.recover_interrupted(study, journal)
+            used, best = storage.progress(study)
+            if on_trial is not None:
+                on_trial(used, best)
+            if used >= config.trials:
+                return
+            runs = Path(config.out) / EXPERIMENTS
+            experiment = f"run-{len(list(runs.glob('run-*'))) + 1 if runs.exists() else 1}"
+            started_here = not ray.is_initialized()
+            if started_here:
+                ray.init(
+                    address=config.ray_address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            try:
+                _tuner(config, config.trials - used, experiment, on_trial).fit()
+            finally:
+                if started_here:
+                    ray.shutdown()

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from blocks import BLOCKS, HEADS, STEMS
+from space.fields import field_names, reject_unknown
 
 __all__ = ["MIN_RESOLUTION", "NUM_STAGES", "ArchSpec", "StageSpec"]
 
@@ -59,13 +60,9 @@ class StageSpec:
         if options is None:
             options = options_type()
         elif isinstance(options, dict):
-            known = {f.name for f in dataclasses.fields(options_type)}
-            unknown = sorted(set(options) - known)
-            if unknown:
-                raise ValueError(
-                    f"options: unknown field(s) {', '.join(unknown)} for block {self.block!r}; "
-                    f"known: {', '.join(sorted(known)) or 'none'}"
-                )
+            reject_unknown(
+                options, field_names(options_type), where=f"options of block {self.block!r}: "
+            )
             try:
                 options = options_type(**options)
             except ValueError as error:
@@ -151,22 +148,14 @@ class ArchSpec:
         """Build from ``to_dict``'s output; errors name the field, e.g. ``stages[2].width``."""
         if not isinstance(data, dict):
             raise ValueError(f"an architecture must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        reject_unknown(data, field_names(cls))
         if "stages" not in data or not isinstance(data["stages"], list):
             raise ValueError("stages must be a list of stage objects")
         stages = []
-        stage_fields = {f.name for f in dataclasses.fields(StageSpec)}
         for i, stage in enumerate(data["stages"]):
             if not isinstance(stage, dict):
                 raise ValueError(f"stages[{i}] must be an object, got {type(stage).__name__}")
-            unknown = sorted(set(stage) - stage_fields)
-            if unknown:
-                raise ValueError(f"stages[{i}]: unknown field(s) {', '.join(unknown)}")
+            reject_unknown(stage, field_names(StageSpec), where=f"stages[{i}]: ")
             try:
                 stages.append(StageSpec(**stage))
             except (TypeError, ValueError) as error:

@@ -29,13 +29,15 @@ class Published(NamedTuple):
 
 
 def _cmt(
+    *,
     resolution: int,
     stem_width: int,
     widths: tuple[int, ...],
     depths: tuple[int, ...],
     mlp_ratio: float,
+    heads: tuple[int, ...] = (1, 2, 4, 8),
+    kv_reductions: tuple[int, ...] = (8, 4, 2, 1),
 ) -> ArchSpec:
-    heads, kv_reductions = (1, 2, 4, 8), (8, 4, 2, 1)
     stages = tuple(
         StageSpec("cmt", depth, width, head, mlp_ratio, CMTOptions(kv_reduction=k))
         for depth, width, head, k in zip(depths, widths, heads, kv_reductions, strict=True)
@@ -46,19 +48,43 @@ def _cmt(
 
 
 def cmt_ti() -> ArchSpec:
-    return _cmt(160, 16, (46, 92, 184, 368), (2, 2, 10, 2), 3.6)
+    return _cmt(
+        resolution=160,
+        stem_width=16,
+        widths=(46, 92, 184, 368),
+        depths=(2, 2, 10, 2),
+        mlp_ratio=3.6,
+    )
 
 
 def cmt_xs() -> ArchSpec:
-    return _cmt(192, 16, (52, 104, 208, 416), (3, 3, 12, 3), 3.77)
+    return _cmt(
+        resolution=192,
+        stem_width=16,
+        widths=(52, 104, 208, 416),
+        depths=(3, 3, 12, 3),
+        mlp_ratio=3.77,
+    )
 
 
 def cmt_s() -> ArchSpec:
-    return _cmt(224, 32, (64, 128, 256, 512), (3, 3, 16, 3), 4.0)
+    return _cmt(
+        resolution=224,
+        stem_width=32,
+        widths=(64, 128, 256, 512),
+        depths=(3, 3, 16, 3),
+        mlp_ratio=4.0,
+    )
 
 
 def cmt_b() -> ArchSpec:
-    return _cmt(256, 38, (76, 152, 304, 608), (4, 4, 20, 4), 4.0)
+    return _cmt(
+        resolution=256,
+        stem_width=38,
+        widths=(76, 152, 304, 608),
+        depths=(4, 4, 20, 4),
+        mlp_ratio=4.0,
+    )
 
 
 def cotnet_50() -> ArchSpec:

@@ -29,6 +29,7 @@ __all__ = [
     "Exponents",
     "coefficient_grid",
     "family",
+    "largest_phi",
     "mac_exponents",
     "phi_for_macs",
     "round_width",
@@ -110,6 +111,25 @@ def family(
     return {name: scale(arch, phi, alpha, beta, gamma) for name, phi in FAMILY_PHI.items()}
 
 
+def largest_phi(
+    macs: Callable[[float], float],
+    limit: float,
+    low: float,
+    high: float,
+    tolerance: float = 1e-3,
+) -> float | None:
+    """The largest phi in [low, high] (by bisection, to ``tolerance``) with ``macs(phi) <=
+    limit``, for MACs that grow with phi; ``high`` if it fits, None if even ``low`` is over."""
+    if macs(low) > limit:
+        return None
+    if macs(high) <= limit:
+        return high
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        low, high = (mid, high) if macs(mid) <= limit else (low, mid)
+    return low
+
+
 def phi_for_macs(
     arch: ArchSpec,
     target_macs: float,
@@ -126,16 +146,12 @@ def phi_for_macs(
     def macs(phi: float) -> int:
         return estimate(scale(arch, phi, alpha, beta, gamma)).macs
 
-    if macs(low) > target_macs:
+    phi = largest_phi(macs, target_macs, low, high)
+    if phi is None:
         raise ValueError(
             f"even phi = {low:g} gives {macs(low):,} MACs, over the target {target_macs:,.0f}"
         )
-    if macs(high) <= target_macs:
-        return high
-    while high - low > 1e-3:
-        mid = (low + high) / 2
-        low, high = (mid, high) if macs(mid) <= target_macs else (low, mid)
-    return low
+    return phi
 
 
 class Exponents(NamedTuple):

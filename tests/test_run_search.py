@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 
 import run_search
-import search.optuna_backend as optuna_backend
-from tests.search.test_search import fake_train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = (
@@ -49,18 +47,6 @@ def fingerprint(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-@pytest.fixture
-def fake_proxy(monkeypatch: pytest.MonkeyPatch) -> list:
-    calls = []
-
-    def counted(arch, data, **kwargs):
-        calls.append(arch)
-        return fake_train(arch, data, **kwargs)
-
-    monkeypatch.setattr(optuna_backend.proxy, "train", counted)
-    return calls
 
 
 def test_the_command_writes_every_file(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from blocks.cmt import CMTOptions
 from blocks.dualvit import DualOptions
 from search import data
 from search.data import ImageData, ImageTensorDataset
+from search.proxy import ProxySettings
 from space.genotype import ArchSpec, StageSpec
 from tests.search.test_data import write_folder
 
@@ -34,7 +35,7 @@ def digits_subset() -> ImageData:
 
 
 def test_proxy_learns(digits_subset: ImageData) -> None:
-    result = proxy.train(tiny_arch(), digits_subset, epochs=3, resolution=32)
+    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=3))
     assert not result.failed and result.reason == ""
     assert len(result.epoch_accuracies) == 3 and result.accuracy == result.epoch_accuracies[-1]
     assert result.accuracy > 0.3  # chance is 0.1
@@ -42,8 +43,8 @@ def test_proxy_learns(digits_subset: ImageData) -> None:
 
 
 def test_same_seed_same_accuracy(digits_subset: ImageData) -> None:
-    first = proxy.train(tiny_arch(), digits_subset, epochs=1, resolution=32, seed=3)
-    again = proxy.train(tiny_arch(), digits_subset, epochs=1, resolution=32, seed=3)
+    first = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1), seed=3)
+    again = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1), seed=3)
     assert first.epoch_accuracies == again.epoch_accuracies
 
 
@@ -59,7 +60,7 @@ def test_report_is_called_every_epoch_and_may_stop_training(digits_subset: Image
             raise Stop
 
     with pytest.raises(Stop):
-        proxy.train(tiny_arch(), digits_subset, epochs=4, resolution=32, report=report)
+        proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=4), report=report)
     assert [epoch for epoch, _ in calls] == [0, 1]
 
 
@@ -74,7 +75,7 @@ def test_nan_loss_gives_a_failed_result(
         return model
 
     monkeypatch.setattr(proxy, "build_model", poisoned)
-    result = proxy.train(tiny_arch(), digits_subset, epochs=2, resolution=32)
+    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=2))
     assert result.failed and "nan" in result.reason.lower() and "epoch 1" in result.reason
     assert result.accuracy == 0.0
 
@@ -94,7 +95,7 @@ def test_out_of_memory_gives_a_failed_result(
         return model
 
     monkeypatch.setattr(proxy, "build_model", hungry)
-    result = proxy.train(tiny_arch(), digits_subset, epochs=1, resolution=32)
+    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1))
     assert result.failed and result.reason.startswith("out of memory: CUDA out of memory")
 
 
@@ -103,20 +104,20 @@ def test_other_errors_are_not_hidden(
 ) -> None:
     monkeypatch.setattr(proxy, "build_model", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        proxy.train(tiny_arch(), digits_subset, epochs=1, resolution=32)
+        proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1))
 
 
 def test_image_folder_trains_through_a_loader(tmp_path: Path) -> None:
     write_folder(tmp_path / "pets", n=8)
     folder = data.load(f"folder:{tmp_path / 'pets'}@32")
-    result = proxy.train(tiny_arch(), folder, epochs=1, resolution=32)
+    result = proxy.train(tiny_arch(), folder, ProxySettings(epochs=1))
     assert not result.failed and 0.0 <= result.accuracy <= 1.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_cuda_asked_for_without_cuda(digits_subset: ImageData) -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
-        proxy.train(tiny_arch(), digits_subset, epochs=1, device="cuda")
+        proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1), device="cuda")
 
 
 def test_auto_device_is_cuda_only_when_there_is_one() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
@@ -16,40 +15,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import search.optuna_backend as optuna_backend
-from search import SearchConfig, run, trial_table
+import search.proxy
+from search import ProxySettings, SearchConfig, run, storage, trial_table
 from search.proxy import ProxyResult
 from search.pruning import DominancePruner, Finished, TrialStopped
 from search.records import COLUMNS
-
-TINY = dict(budget="0.12GFLOPs", data="digits", epochs=1)
-
-
-def fake_train(arch, data, *, epochs, report=None, **kwargs):
-    """A deterministic stand-in for proxy training: accuracy from the architecture's hash."""
-    digest = hashlib.sha256(arch.to_json().encode()).digest()
-    accuracies = [(digest[0] + 40 * e) / 400 for e in range(epochs)]
-    for epoch, accuracy in enumerate(accuracies):
-        if report is not None:
-            report(epoch, accuracy)
-    return ProxyResult(accuracies[-1], tuple(accuracies), 0.01, 1000.0)
-
-
-@pytest.fixture
-def fake_proxy(monkeypatch: pytest.MonkeyPatch) -> list:
-    calls = []
-
-    def counted(arch, data, **kwargs):
-        calls.append(arch.to_json())
-        return fake_train(arch, data, **kwargs)
-
-    monkeypatch.setattr(optuna_backend.proxy, "train", counted)
-    return calls
+from tests.conftest import fake_train, tiny
 
 
 def test_optuna_search_on_the_embedded_dataset(tmp_path: Path) -> None:
     """The acceptance search: 6 real proxy trainings; nothing trained over the budget."""
-    config = SearchConfig(**TINY, trials=6, out=str(tmp_path / "run"), seed=0)
+    config = tiny(trials=6, out=str(tmp_path / "run"), seed=0)
     table = run(config)
     assert list(table.columns) == COLUMNS
     assert len(table) == 6 and set(table.state) <= {"COMPLETE", "PRUNED"}
@@ -62,16 +38,16 @@ def test_optuna_search_on_the_embedded_dataset(tmp_path: Path) -> None:
 def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def flaky(arch, data, **kwargs):
+    def flaky(arch, data, *args, **kwargs):
         if flaky.calls == 2:
             flaky.calls += 1
             raise RuntimeError("boom in the third trial")
         flaky.calls += 1
-        return fake_train(arch, data, **kwargs)
+        return fake_train(arch, data, *args, **kwargs)
 
     flaky.calls = 0
-    monkeypatch.setattr(optuna_backend.proxy, "train", flaky)
-    table = run(SearchConfig(**TINY, trials=5, out=str(tmp_path / "run")))
+    monkeypatch.setattr(search.proxy, "train", flaky)
+    table = run(tiny(trials=5, out=str(tmp_path / "run")))
     assert len(table) == 5
     failed = table[table.state == "FAIL"]
     assert (
@@ -83,25 +59,25 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(
 def test_a_failed_proxy_is_recorded_with_its_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def nan(arch, data, **kwargs):
+    def nan(arch, data, *args, **kwargs):
         return ProxyResult(0.0, (), 0.1, 10.0, True, "the loss became nan in epoch 1")
 
-    monkeypatch.setattr(optuna_backend.proxy, "train", nan)
-    table = run(SearchConfig(**TINY, trials=2, out=str(tmp_path / "run")))
+    monkeypatch.setattr(search.proxy, "train", nan)
+    table = run(tiny(trials=2, out=str(tmp_path / "run")))
     assert (table.state == "FAIL").all()
     assert table.fail_reason.eq("the loss became nan in epoch 1").all()
 
 
 def test_same_seed_same_architectures(tmp_path: Path, fake_proxy: list) -> None:
-    first = run(SearchConfig(**TINY, trials=8, out=str(tmp_path / "a"), seed=4))
-    again = run(SearchConfig(**TINY, trials=8, out=str(tmp_path / "b"), seed=4))
-    other = run(SearchConfig(**TINY, trials=8, out=str(tmp_path / "c"), seed=5))
+    first = run(tiny(trials=8, out=str(tmp_path / "a"), seed=4))
+    again = run(tiny(trials=8, out=str(tmp_path / "b"), seed=4))
+    other = run(tiny(trials=8, out=str(tmp_path / "c"), seed=5))
     assert first.arch.tolist() == again.arch.tolist()
     assert first.arch.tolist() != other.arch.tolist()
 
 
 def test_rerunning_a_finished_search_trains_nothing(tmp_path: Path, fake_proxy: list) -> None:
-    config = SearchConfig(**TINY, trials=4, out=str(tmp_path / "run"))
+    config = tiny(trials=4, out=str(tmp_path / "run"))
     first = run(config)
     trained = len(fake_proxy)
     again = run(config)
@@ -112,9 +88,9 @@ def test_rerunning_a_finished_search_trains_nothing(tmp_path: Path, fake_proxy: 
 
 
 def test_duplicate_architectures_are_not_trained_twice(tmp_path: Path, fake_proxy: list) -> None:
-    config = SearchConfig(**TINY, trials=1, out=str(tmp_path / "run"))
+    config = tiny(trials=1, out=str(tmp_path / "run"))
     first = run(config)
-    study = optuna_backend.open_study(config, optuna_backend.journal(config.out))
+    study = storage.load_study(config.out)
     study.enqueue_trial(study.trials[0].params)
     table = run(dataclasses.replace(config, trials=2))
     assert len(fake_proxy) == 1
@@ -133,27 +109,30 @@ def test_dominance_pruner() -> None:
 
 
 def test_hopeless_trials_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def declining(arch, data, *, epochs, report=None, **kwargs):
+    def declining(arch, data, settings, *, report=None, **kwargs):
         declining.calls += 1
-        accuracies = [1.0 / declining.calls] * epochs  # every new trial is worse than all before
+        accuracies = [
+            1.0 / declining.calls
+        ] * settings.epochs  # every new trial is worse than all before
         for epoch, accuracy in enumerate(accuracies):
             report(epoch, accuracy)
         return ProxyResult(accuracies[-1], tuple(accuracies), 0.01, 1000.0)
 
     declining.calls = 0
-    monkeypatch.setattr(optuna_backend.proxy, "train", declining)
-    table = run(SearchConfig(**{**TINY, "epochs": 3}, trials=8, out=str(tmp_path / "run")))
+    monkeypatch.setattr(search.proxy, "train", declining)
+    table = run(tiny(3, trials=8, out=str(tmp_path / "run")))
     pruned = table[table.state == "PRUNED"]
     assert len(pruned) >= 1
     assert pruned.fail_reason.str.startswith("stopped after epoch 1").all()
     assert pruned.epoch_accuracies.map(lambda text: len(json.loads(text))).eq(1).all()
 
 
-def test_another_process_in_the_same_folder_is_refused(tmp_path: Path) -> None:
-    config = SearchConfig(**TINY, trials=1, out=str(tmp_path / "run"))
+@pytest.mark.parametrize("backend", ["optuna", "ray"])
+def test_another_process_in_the_same_folder_is_refused(tmp_path: Path, backend: str) -> None:
+    config = tiny(trials=1, out=str(tmp_path / "run"), backend=backend)
     with (
-        optuna_backend.folder_lock(Path(config.out)),
-        pytest.raises(RuntimeError, match="another search"),
+        storage.folder_lock(config.out),
+        pytest.raises(storage.FolderBusy, match="another search"),
     ):
         run(config)
 
@@ -163,9 +142,10 @@ def _running_trial_with_arch(journal: Path) -> bool:
 
     if not journal.exists():
         return False
-    storage = optuna_backend.journal(journal.parent)
     try:
-        study = optuna.load_study(study_name=optuna_backend.STUDY_NAME, storage=storage)
+        study = optuna.load_study(
+            study_name=storage.STUDY_NAME, storage=storage.journal(journal.parent)
+        )
     except KeyError:
         return False
     trials = study.get_trials(deepcopy=False)
@@ -179,7 +159,7 @@ def test_sigkill_during_a_trial_then_resume(tmp_path: Path) -> None:
     """Kill -9 while a trial trains; rerunning the same command keeps every finished trial,
     fails the killed one and redoes its architecture."""
     out = tmp_path / "run"
-    config = SearchConfig(**{**TINY, "epochs": 2}, trials=5, out=str(out), seed=1)
+    config = tiny(2, trials=5, out=str(out), seed=1)
     code = (
         "from search import SearchConfig, run; import json, sys; "
         "run(SearchConfig.from_json(sys.argv[1]))"
@@ -214,7 +194,8 @@ def test_sigkill_during_a_trial_then_resume(tmp_path: Path) -> None:
         ({"backend": "nni"}, "backend must be one of optuna, ray"),
         ({"trials": 0}, "trials must be an integer >= 1"),
         ({"sampler": "cmaes"}, "sampler must be one of"),
-        ({"proxy_resolution": 16}, "proxy_resolution must be an integer >= 32"),
+        ({"proxy": ProxySettings(resolution=16)}, "proxy resolution must be an integer >= 32"),
+        ({"resolution": 16}, "resolution must be an integer >= 32"),
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
     ],
 )
@@ -226,6 +207,16 @@ def test_bad_configuration(change: dict, message: str) -> None:
 def test_unknown_setting() -> None:
     with pytest.raises(ValueError, match=r"unknown setting.*colour"):
         SearchConfig.from_dict({"colour": "red"})
+    with pytest.raises(ValueError, match=r"unknown proxy setting.*momentum"):
+        SearchConfig.from_dict({"proxy": {"momentum": 0.9}})
+
+
+def test_the_configuration_round_trips_through_json() -> None:
+    config = tiny(3, trials=5, seed=2, proxy=ProxySettings(epochs=3, lr=1e-3))
+    assert SearchConfig.from_json(config.to_json()) == config
+    assert config.changed_from(config) == []
+    changed = tiny(trials=5, seed=2).changed_from(config)
+    assert changed == ["epochs=3", "proxy_lr=0.001"]
 
 
 def test_budget_below_the_smallest_architecture_fails_before_the_folder_is_made(
@@ -239,13 +230,7 @@ def test_budget_below_the_smallest_architecture_fails_before_the_folder_is_made(
 @pytest.mark.slow
 def test_ray_search_runs_two_trials_at_once(tmp_path: Path) -> None:
     """The acceptance search with Ray Tune: 6 trials on the embedded set, 1 CPU each."""
-    config = SearchConfig(
-        **{**TINY, "epochs": 2},
-        trials=6,
-        out=str(tmp_path / "run"),
-        backend="ray",
-        cpus_per_trial=1,
-    )
+    config = tiny(2, trials=6, out=str(tmp_path / "run"), backend="ray", cpus_per_trial=1)
     table = run(config)
     assert list(table.columns) == COLUMNS and len(table) == 6
     assert table.backend.eq("ray").all() and (table.macs <= config.budget_macs).all()
@@ -256,3 +241,30 @@ def test_ray_search_runs_two_trials_at_once(tmp_path: Path) -> None:
     assert list(table.number) == list(range(6))
     stored = trial_table(config)  # what --report-only reads, without running anything
     assert stored[["number", "arch", "accuracy"]].equals(table[["number", "arch", "accuracy"]])
+
+
+def test_a_recorded_search_is_repeated_exactly(tmp_path: Path) -> None:
+    """Three real trials on ``digits`` give the architectures and accuracies recorded in
+    ``recorded/digits-3-trials.json`` (made before the search core was restructured)."""
+    recorded = json.loads((Path(__file__).parent / "recorded" / "digits-3-trials.json").read_text())
+    table = run(tiny(trials=3, seed=0, out=str(tmp_path / "run")))
+    assert len(table) == len(recorded)
+    for row, expected in zip(table.itertuples(), recorded, strict=True):
+        assert row.number == expected["number"] and row.state == expected["state"]
+        assert row.arch == expected["arch"] and row.blocks == expected["blocks"]
+        assert (row.params, row.macs) == (expected["params"], expected["macs"])
+        assert json.loads(row.epoch_accuracies) == json.loads(expected["epoch_accuracies"])
+
+
+@pytest.mark.slow
+def test_ray_reuses_a_trained_architecture_and_no_prune_trains_to_the_end(tmp_path: Path) -> None:
+    config = tiny(3, trials=1, out=str(tmp_path / "run"), backend="ray", prune=False)
+    first = run(config)
+    study = storage.load_study(config.out)
+    study.enqueue_trial(study.trials[0].params)
+    table = run(dataclasses.replace(config, trials=3))
+    assert len(table) == 3 and table.arch.iloc[1] == first.arch.iloc[0]
+    assert table.duplicate_of.iloc[1] == 0 and table.train_seconds.iloc[1] == 0
+    assert table.accuracy.iloc[1] == table.accuracy.iloc[0]
+    assert (table.state == "COMPLETE").all()
+    assert table.epoch_accuracies.map(lambda text: len(json.loads(text))).eq(3).all()

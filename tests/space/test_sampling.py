@@ -7,9 +7,13 @@ from collections import defaultdict
 import optuna
 import pytest
 
+from blocks.aewin import AEWinStage
+from blocks.cmt import CMTStage
+from blocks.cot import CoTStage
+from blocks.dualvit import DualStage
 from space.cost import count, estimate
 from space.genotype import ArchSpec
-from space.sampling import SPACE, sample, smallest_macs
+from space.sampling import SPACE, block_types, sample, smallest_macs
 
 BUDGETS = (600_000_000, 1_500_000_000, 4_000_000_000, 9_000_000_000)
 
@@ -60,31 +64,36 @@ def test_fvcore_agrees_on_100_sampled_architectures(drawn: dict) -> None:
 def test_every_block_type_and_every_value_appears(drawn: dict, budget: int) -> None:
     archs, params = drawn[budget]
     blocks_at = {(i, stage.block) for arch in archs for i, stage in enumerate(arch.stages)}
-    assert blocks_at == {(i, b) for i in range(4) for b in SPACE["block"]}
+    assert block_types() == ("cmt", "aewin", "cot", "dual")
+    assert blocks_at == {(i, b) for i in range(4) for b in block_types()}
     seen: dict[str, set] = defaultdict(set)
     for trial_params in params:
         for name, value in trial_params.items():
             seen[name].add(value)
     assert seen["stem_width"] == set(SPACE["stem_width"])
     assert min(seen["budget_use"]) < 0.77 and max(seen["budget_use"]) > 0.98
-    assert seen["dual_pool"] == set(SPACE["dual_pool"])
+    assert seen["dual_pool"] == set(DualStage.POOLS)
     for i in range(4):
         low, high = SPACE["depth"][i]
         assert seen[f"s{i}_depth"] == set(range(low, high + 1))
-        per_stage = ("width", "heads", "kv_reduction", "dual_mode")
-        for name in per_stage:
+        for name in ("width", "heads"):
             assert seen[f"s{i}_{name}"] == set(SPACE[name][i]), name
-        for name in ("mlp_ratio", "cot_ratio", "cot_kernel", "split", "stripe"):
-            assert seen[f"s{i}_{name}"] == set(SPACE[name]), name
+        assert seen[f"s{i}_kv_reduction"] == set(CMTStage.KV_REDUCTIONS[i])
+        assert seen[f"s{i}_dual_mode"] == set(DualStage.MODES[i])
+        assert seen[f"s{i}_mlp_ratio"] == set(SPACE["mlp_ratio"])
+        assert seen[f"s{i}_cot_ratio"] == set(CoTStage.RATIOS)
+        assert seen[f"s{i}_cot_kernel"] == set(CoTStage.KERNELS)
+        assert seen[f"s{i}_split"] == set(AEWinStage.SPLITS)
+        assert seen[f"s{i}_stripe"] == set(AEWinStage.STRIPES)
     # the options drawn survive the fit into the architectures
     options = defaultdict(set)
     for arch in archs:
         for stage in arch.stages:
             options[stage.block].add(stage.options)
     assert {o.kv_reduction for o in options["cmt"]} == {1, 2, 4, 8}
-    assert {o.stripe for o in options["aewin"]} == set(SPACE["stripe"])
-    assert len({o.split for o in options["aewin"]}) == len(SPACE["split"])
-    assert {o.kernel for o in options["cot"]} == set(SPACE["cot_kernel"])
+    assert {o.stripe for o in options["aewin"]} == set(AEWinStage.STRIPES)
+    assert len({o.split for o in options["aewin"]}) == len(AEWinStage.SPLITS)
+    assert {o.kernel for o in options["cot"]} == set(CoTStage.KERNELS)
     assert {(o.pool, o.mode) for o in options["dual"]} >= {(7, "dual"), (14, "merge")}
 
 

@@ -1,0 +1,191 @@
+"""The run folder's study: the one store of a search's trials, whichever backend runs them.
+
+- Storage: Optuna's journal file ``study.journal`` in the run folder (append-only, safe against
+  a killed process and shared by processes, Ray workers included; ``optuna-dashboard
+  <out>/study.journal`` opens it). Its study holds two objectives, proxy accuracy (up) and MACs
+  (down), and each trial's user attributes (``ATTRS``) say what it trained and how it went.
+- Lock: ``folder_lock`` keeps a second run out of a folder in use.
+- Resume: ``recover_interrupted`` fails the trials a dead process left RUNNING (reason
+  ``INTERRUPTED``) and queues their parameters again, so the next trial redoes the same
+  architecture; interrupted trials do not use a slot (``slots_used``).
+- ``records`` turns the stored trials into ``TrialRecord`` rows, the same for every backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import filelock
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from search.records import TrialRecord, best_accuracy
+
+__all__ = [
+    "ATTRS",
+    "INTERRUPTED",
+    "STUDY_NAME",
+    "FolderBusy",
+    "completed",
+    "folder_lock",
+    "journal",
+    "load_study",
+    "open_study",
+    "progress",
+    "records",
+    "recover_interrupted",
+    "slots_used",
+    "to_record",
+    "trial_count",
+    "trial_id",
+]
+
+STUDY_NAME = "search"
+INTERRUPTED = "interrupted: the process stopped while this trial was running"
+# The user attributes a trial stores, written by the shared trial code (``search.trial``).
+ATTRS = (
+    "backend",
+    "arch",
+    "blocks",
+    "macs",
+    "params",
+    "epoch_accuracies",
+    "train_seconds",
+    "fail_reason",
+    "duplicate_of",
+    "redo_of",
+)
+log = logging.getLogger(__name__)
+
+
+class FolderBusy(RuntimeError):
+    """Another process is running a search in the same run folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(out: str | Path) -> Iterator[None]:
+    """Hold ``out/.lock`` for the duration; another process gets ``FolderBusy`` at once."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(out / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise FolderBusy(
+            f"another search is running in {out}; wait for it or use another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def journal(out: str | Path) -> JournalStorage:
+    """The study storage of a run folder."""
+    return JournalStorage(JournalFileBackend(str(Path(out) / "study.journal")))
+
+
+def open_study(storage: JournalStorage, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """The run folder's study in ``storage`` (``journal(out)``), created on first use with its
+    two objectives named."""
+    study = optuna.create_study(
+        study_name=STUDY_NAME,
+        storage=storage,
+        sampler=sampler,
+        directions=["maximize", "minimize"],
+        load_if_exists=True,
+    )
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["accuracy", "macs"])
+    return study
+
+
+def load_study(out: str | Path) -> optuna.Study:
+    """The run folder's existing study; ``ValueError`` if there is none."""
+    if not (Path(out) / "study.journal").exists():
+        raise ValueError(f"{out} holds no search (no study.journal)")
+    return optuna.load_study(study_name=STUDY_NAME, storage=journal(out))
+
+
+def trial_count(out: str | Path) -> int:
+    """How many trials the run folder's study holds (0 without one)."""
+    if not (Path(out) / "study.journal").exists():
+        return 0
+    summaries = optuna.get_all_study_summaries(journal(out), include_best_trial=False)
+    return sum(s.n_trials for s in summaries if s.study_name == STUDY_NAME)
+
+
+def trial_id(storage: JournalStorage, number: int) -> int:
+    """The storage id of trial ``number`` of the run folder's study."""
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def recover_interrupted(study: optuna.Study, storage: JournalStorage) -> None:
+    """Fail the trials a dead process left RUNNING and queue their parameters again."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ident = trial_id(storage, trial.number)
+        storage.set_trial_user_attr(ident, "fail_reason", INTERRUPTED)
+        storage.set_trial_state_values(ident, TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"redo_of": trial.number})
+        log.warning("trial %d was interrupted; it is failed and will be redone", trial.number)
+
+
+def slots_used(study: optuna.Study) -> int:
+    """Finished trials that count towards ``--trials`` (interrupted ones do not)."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(
+        t.state in done and t.user_attrs.get("fail_reason") != INTERRUPTED
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def completed(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def progress(study: optuna.Study) -> tuple[int, float | None]:
+    """(slots used, best accuracy so far) for a progress display."""
+    return slots_used(study), best_accuracy([t.values[0] for t in completed(study)])
+
+
+def to_record(trial: FrozenTrial) -> TrialRecord:
+    """A stored trial as a trial record (``ATTRS`` hold everything but state and times)."""
+    attrs = trial.user_attrs
+    epochs = tuple(attrs.get("epoch_accuracies", ()))
+    if trial.state == TrialState.COMPLETE:
+        accuracy = trial.values[0]
+    elif trial.state == TrialState.PRUNED and epochs:
+        accuracy = epochs[-1]
+    else:
+        accuracy = None
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name,
+        backend=attrs.get("backend", "optuna"),
+        arch=attrs.get("arch", ""),
+        blocks=attrs.get("blocks", ""),
+        params=attrs.get("params"),
+        macs=attrs.get("macs"),
+        accuracy=accuracy,
+        epoch_accuracies=epochs,
+        train_seconds=attrs.get("train_seconds"),
+        start=trial.datetime_start,
+        end=trial.datetime_complete,
+        fail_reason=attrs.get("fail_reason", ""),
+        duplicate_of=attrs.get("duplicate_of"),
+    )
+
+
+def records(out: str | Path) -> list[TrialRecord]:
+    """Every trial of the run folder's study, as trial records."""
+    return [to_record(t) for t in load_study(out).get_trials(deepcopy=False)]

@@ -1,0 +1,161 @@
+"""One search trial, the same for every backend.
+
+A backend runs each trial in this order:
+
+1. ``define(trial, config)``, where the study is asked for a trial: draws an architecture
+   within the budget (``space.sampling.sample``), stores it and its cost in the trial's user
+   attributes and gives the samplers the budget constraint;
+2. ``train(attrs, study, config, data, report)``, where the trial trains: reuses the result of
+   the same architecture already trained in the study, or proxy-trains it, passing each
+   epoch's accuracy to ``report(epoch, accuracy)`` (a pruner may stop the trial there), and
+   stores the outcome in the trial's user attributes;
+3. the backend tells the study the returned ``Outcome``.
+
+The sampler every backend uses comes from ``sampler(config)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import proxy
+from search.config import SearchConfig
+from search.data import ImageData
+from search.pruning import TrialStopped
+from search.storage import completed, trial_id
+from space.cost import estimate
+from space.genotype import ArchSpec
+from space.sampling import sample
+
+__all__ = ["Attrs", "Outcome", "StoredTrial", "define", "sampler", "train"]
+
+log = logging.getLogger(__name__)
+Report = Callable[[int, float], None]
+
+
+class Attrs(Protocol):
+    """Where a trial's user attributes go: an ``optuna.Trial``, or a ``StoredTrial``."""
+
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTrial:
+    """A trial's user attributes written straight to the storage, from a process that did not
+    ask for the trial (a Ray worker)."""
+
+    storage: optuna.storages.BaseStorage
+    number: int
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.storage.set_trial_user_attr(trial_id(self.storage, self.number), key, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What to tell the study: ``values`` (accuracy, MACs) for a COMPLETE trial, else the
+    state and its reason."""
+
+    state: TrialState
+    values: tuple[float, float] | None = None
+    reason: str = ""
+
+
+def sampler(config: SearchConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The search's sampler: NSGA-II (population max(4, min(50, trials / 4)), so that small
+    searches still evolve) or multivariate TPE, seeded with ``seed`` (default the run's)."""
+    seed = config.seed if seed is None else seed
+    if config.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    population = max(4, min(50, config.trials // 4))
+    return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+
+
+def define(trial: optuna.Trial, config: SearchConfig) -> ArchSpec:
+    """Draw the trial's architecture and store it, its cost and the budget constraint."""
+    arch = sample(trial, config.budget_macs, config.resolution)
+    cost = estimate(arch)
+    trial.set_constraint("macs_over_budget", cost.macs - config.budget_macs)
+    for key, value in (
+        ("backend", config.backend),
+        ("arch", arch.to_json()),
+        ("blocks", arch.block_mix),
+        ("macs", cost.macs),
+        ("params", cost.params),
+    ):
+        trial.set_user_attr(key, value)
+    return arch
+
+
+def _twin(study: optuna.Study, arch_json: str) -> FrozenTrial | None:
+    """A completed trial of the study with the same architecture, if any."""
+    return next((t for t in completed(study) if t.user_attrs.get("arch") == arch_json), None)
+
+
+def train(
+    attrs: Attrs,
+    arch: ArchSpec,
+    study: optuna.Study,
+    config: SearchConfig,
+    data: ImageData,
+    report: Report,
+    *,
+    replay: bool = False,
+) -> Outcome:
+    """Train the trial's architecture (or reuse its twin's result) and store the outcome.
+
+    A ``TrialStopped`` raised by ``report`` gives a PRUNED outcome; a failed proxy (NaN loss,
+    out of memory) or an exception of the training gives FAIL with the reason. Any other
+    exception raised by ``report`` (a backend's own control flow) passes through. ``replay``
+    passes a reused result's epochs to ``report`` too.
+    """
+    twin = _twin(study, arch.to_json())
+    if twin is not None:
+        attrs.set_user_attr("duplicate_of", twin.number)
+        attrs.set_user_attr("epoch_accuracies", twin.user_attrs.get("epoch_accuracies", []))
+        attrs.set_user_attr("train_seconds", 0.0)
+        if replay:
+            for epoch, accuracy in enumerate(twin.user_attrs.get("epoch_accuracies", [])):
+                report(epoch, accuracy)
+        return Outcome(TrialState.COMPLETE, (twin.values[0], twin.values[1]))
+    accuracies: list[float] = []
+    escaped: list[BaseException] = []  # what ``report`` raised, to tell it from a failure
+    started = time.perf_counter()
+
+    def epoch_done(epoch: int, accuracy: float) -> None:
+        accuracies.append(accuracy)
+        attrs.set_user_attr("epoch_accuracies", accuracies)
+        try:
+            report(epoch, accuracy)
+        except BaseException as error:
+            escaped.append(error)
+            raise
+
+    try:
+        result = proxy.train(
+            arch, data, config.proxy, seed=config.seed, device=config.device, report=epoch_done
+        )
+    except TrialStopped as stop:
+        outcome = Outcome(TrialState.PRUNED, reason=str(stop))
+    except Exception as error:  # a failure of the training is recorded, a report's passes
+        if escaped and error is escaped[0]:
+            raise
+        log.warning("trial failed: %s: %s", type(error).__name__, error)
+        outcome = Outcome(TrialState.FAIL, reason=f"{type(error).__name__}: {error}")
+    else:
+        attrs.set_user_attr("epoch_accuracies", list(result.epoch_accuracies))
+        if result.failed:
+            outcome = Outcome(TrialState.FAIL, reason=result.reason)
+        else:
+            outcome = Outcome(TrialState.COMPLETE, (result.accuracy, float(estimate(arch).macs)))
+    attrs.set_user_attr("train_seconds", time.perf_counter() - started)
+    if outcome.reason:
+        attrs.set_user_attr("fail_reason", outcome.reason)
+    return outcome

@@ -1,0 +1,44 @@
+"""Fixtures shared by the test packages: a stand-in for proxy training and small configs."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+import search.proxy
+from search import ProxySettings, SearchConfig
+from search.proxy import DEFAULTS, ProxyResult
+
+
+def fake_train(
+    arch: Any, data: Any, settings: ProxySettings = DEFAULTS, *, report: Any = None, **kwargs: Any
+) -> ProxyResult:
+    """A deterministic stand-in for proxy training: accuracy from the architecture's hash."""
+    digest = hashlib.sha256(arch.to_json().encode()).digest()
+    accuracies = [(digest[0] + 40 * e) / 400 for e in range(settings.epochs)]
+    for epoch, accuracy in enumerate(accuracies):
+        if report is not None:
+            report(epoch, accuracy)
+    return ProxyResult(accuracies[-1], tuple(accuracies), 0.01, 1000.0)
+
+
+@pytest.fixture
+def fake_proxy(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Replace proxy training by ``fake_train``; the list collects the trained architectures
+    as JSON."""
+    calls: list[str] = []
+
+    def counted(arch: Any, data: Any, *args: Any, **kwargs: Any) -> ProxyResult:
+        calls.append(arch.to_json())
+        return fake_train(arch, data, *args, **kwargs)
+
+    monkeypatch.setattr(search.proxy, "train", counted)
+    return calls
+
+
+def tiny(epochs: int = 1, **changes: Any) -> SearchConfig:
+    """A search small enough for the default test run: 0.12 GMACs on ``digits``."""
+    settings = dict(budget="0.12GFLOPs", data="digits", proxy=ProxySettings(epochs=epochs))
+    return SearchConfig(**{**settings, **changes})

@@ -1,0 +1,102 @@
+"""A new block type is one module and its registration: sampling, cost counting and the reports
+take it with no other edit (the toy type below is registered for these tests only)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import optuna
+import pytest
+from torch import Tensor, nn
+
+from blocks import BLOCKS
+from blocks.formulas import Cost, conv
+from blocks.layers import Transition
+from blocks.registry import BlockOptions, SharedChoices, Stage, StagePlan, TrialLike
+from reports.report import write_reports
+from search import run
+from space.cost import count, estimate
+from space.sampling import block_types, sample
+from tests.conftest import tiny
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyOptions(BlockOptions):
+    kernel: int = 3
+
+
+class ToyStage(Stage):
+    """Transition, then ``depth`` residual depthwise convs of ``kernel`` x ``kernel``."""
+
+    options_type = ToyOptions
+
+    def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
+        super().__init__()
+        spec, k = plan.spec, plan.spec.options.kernel
+        self.transition = Transition(plan.in_width, spec.width, stride=plan.stride, kernel=3)
+        self.blocks = nn.ModuleList(
+            nn.Conv2d(spec.width, spec.width, k, padding=k // 2, groups=spec.width)
+            for _ in drop_path
+        )
+
+    @classmethod
+    def cost(cls, plan: StagePlan) -> Cost:
+        spec, pixels = plan.spec, plan.feature_size**2
+        entry = Transition.cost(
+            plan.in_width, spec.width, stride=plan.stride, kernel=3, pixels=pixels
+        )
+        block = conv(spec.width, spec.width, spec.options.kernel, pixels, groups=spec.width)
+        return entry + block * spec.depth
+
+    @classmethod
+    def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> ToyOptions:
+        return ToyOptions(trial.suggest_categorical(f"s{stage}_toy_kernel", (3, 5)))
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
+        x = self.transition(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return x, None
+
+
+@pytest.fixture
+def toy() -> Iterator[None]:
+    BLOCKS.register("toy")(ToyStage)
+    try:
+        yield
+    finally:
+        BLOCKS.unregister("toy")
+
+
+def sampled(n: int, budget: int) -> list:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return [sample(study.ask(), budget) for _ in range(n)]
+
+
+def test_the_space_offers_a_registered_block_type(toy: None) -> None:
+    assert block_types()[-1] == "toy"
+    archs = sampled(40, 600_000_000)
+    toys = [a for a in archs if "toy" in a.block_mix]
+    assert toys and all(estimate(a).macs <= 600_000_000 for a in archs)
+    assert {s.options.kernel for a in toys for s in a.stages if s.block == "toy"} == {3, 5}
+
+
+def test_its_formula_equals_fvcores_count(toy: None) -> None:
+    arch = next(a for a in sampled(40, 1_000_000_000) if a.stages[1].block == "toy")
+    assert estimate(arch) == count(arch)
+
+
+def test_a_search_and_its_reports_take_it(toy: None, tmp_path: Path, fake_proxy: list) -> None:
+    config = tiny(trials=12, out=str(tmp_path / "run"), seed=3)
+    table = run(config)
+    assert table.blocks.str.contains("toy").any()
+    write_reports(config.out, config, table)
+    assert "toy" in (tmp_path / "run" / "trials.csv").read_text()
+    assert (tmp_path / "run" / "pareto.png").stat().st_size > 0
+
+
+def test_unregistered_again_it_is_gone() -> None:
+    assert "toy" not in block_types()
+    assert "toy" not in BLOCKS
