@@ -111,6 +111,7 @@ def previous_family_accuracies(out: Path, family: dict) -> dict[str, float] | No
 def prepare(args: argparse.Namespace) -> SearchConfig:
     """The run's configuration, every option checked before the run folder is touched."""
     from search import data as datasets
+    from search.proxy import resolve_device
     from space.sampling import check_budget
 
     try:
@@ -123,8 +124,10 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
             # The folder may have been moved since the search: its reports go where it is now.
             return dataclasses.replace(SearchConfig.from_json(saved.read_text()), out=args.out)
         config = from_options(args)
-        datasets.load(config.data)
         check_budget(config.budget_macs, config.resolution)
+        if config.backend == "optuna" or config.gpus_per_trial == 0:
+            resolve_device(config.device)  # on a Ray cluster the GPUs may be elsewhere
+        datasets.load(config.data)
     except ValueError as error:
         raise UsageError(str(error)) from None
     check_folder(config)
@@ -183,13 +186,16 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.storage import FolderBusy
+    from search.storage import FolderBusy, RepeatedFailure
 
     try:
         run(build_parser().parse_args(argv))
     except (UsageError, FolderBusy) as error:
         print(f"run_search.py: error: {error}", file=sys.stderr)
         return 2
+    except RepeatedFailure as error:
+        print(f"run_search.py: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -92,7 +92,7 @@ class AEWinOptions(BlockOptions):
             raise ValueError(f"split ratios must sum to 1, got {split} (sum {sum(split):g})")
         for name in ("window", "stripe"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     def groups(self, width: int, heads: int) -> list[HeadGroup]:
@@ -368,6 +368,11 @@ class AEWinStage(Stage):
     @classmethod
     def cheapest_options(cls, stage: int) -> AEWinOptions:
         return AEWinOptions(cls.SPLITS["0,0,1"], cls.WINDOW, min(cls.STRIPES))
+
+    @classmethod
+    def costliest_options(cls, stage: int) -> AEWinOptions:
+        """Stripes only, at the widest stripe: each token attends to the most keys."""
+        return AEWinOptions(cls.SPLITS["1/2,1/2,0"], cls.WINDOW, max(cls.STRIPES))
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(self.transition(x)), None

@@ -60,7 +60,8 @@ class CMTOptions(BlockOptions):
     kv_reduction: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.kv_reduction, int) or self.kv_reduction < 1:
+        k = self.kv_reduction
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"kv_reduction must be an integer >= 1, got {self.kv_reduction!r}")
 
 
@@ -249,6 +250,10 @@ class CMTStage(Stage):
     @classmethod
     def cheapest_options(cls, stage: int) -> CMTOptions:
         return CMTOptions(max(cls.KV_REDUCTIONS[stage]))
+
+    @classmethod
+    def costliest_options(cls, stage: int) -> CMTOptions:
+        return CMTOptions(min(cls.KV_REDUCTIONS[stage]))
 
     def bias_for(self, height: int, width: int) -> Tensor:
         """The stage's bias table for an (height, width) map, resized if the size differs."""

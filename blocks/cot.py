@@ -53,13 +53,16 @@ KEY_GROUPS = 4  # groups of the static-context conv
 
 @dataclasses.dataclass(frozen=True)
 class CoTOptions(BlockOptions):
-    """kernel: the k x k neighbourhood of the static context and of the local aggregation."""
+    """kernel: the k x k neighbourhood (odd, at least 3) of the static context and of the local
+    aggregation."""
 
     kernel: int = 3
 
     def __post_init__(self) -> None:
-        if not isinstance(self.kernel, int) or self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be an odd integer >= 1, got {self.kernel!r}")
+        # k = 1 would be no context at all (and GroupNorm over one value per group).
+        kernel = self.kernel
+        if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 3 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be an odd integer >= 3, got {kernel!r}")
 
     def check(self, stage: StageLike) -> None:
         if stage.heads != 1:
@@ -259,6 +262,10 @@ class CoTStage(Stage):
     @classmethod
     def cheapest(cls, stage: int, shared: SharedChoices) -> StageChoice:
         return StageChoice(1, max(cls.RATIOS), CoTOptions(min(cls.KERNELS)))
+
+    @classmethod
+    def costliest(cls, stage: int, shared: SharedChoices) -> StageChoice:
+        return StageChoice(1, min(cls.RATIOS), CoTOptions(max(cls.KERNELS)))
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(x), None

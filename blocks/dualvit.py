@@ -354,6 +354,11 @@ class DualStage(Stage):
     def cheapest_options(cls, stage: int) -> DualOptions:
         return DualOptions(max(cls.POOLS), "dual")
 
+    @classmethod
+    def costliest_options(cls, stage: int) -> DualOptions:
+        """The most tokens, and Merge blocks (attention over every pixel) where allowed."""
+        return DualOptions(min(cls.POOLS), cls.MODES[stage][-1])
+
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.transition(x)
         z = self.tokens(x if tokens is None else tokens)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -144,7 +143,8 @@ def trunc_normal_init(module: nn.Module) -> None:
 
 def drop_path_rates(total_rate: float, depths: list[int]) -> list[list[float]]:
     """Stochastic-depth rates rising linearly from 0 to ``total_rate`` over all blocks."""
-    rates = torch.linspace(0.0, total_rate, sum(depths)).tolist()
+    count = sum(depths)
+    rates = [total_rate * i / max(count - 1, 1) for i in range(count)]
     out, start = [], 0
     for depth in depths:
         out.append(rates[start : start + depth])

@@ -57,6 +57,8 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        if not isinstance(name, str):
+            raise ValueError(f"{self.kind} must be a name, got {name!r}")
         try:
             return self._items[name]
         except KeyError:
@@ -170,9 +172,11 @@ class Stage(nn.Module):
 
     Searching (``space.sampling`` calls these, so a new block type needs no other edit):
     ``draw(trial, stage, shared)`` draws the stage's heads, ratio and options with
-    ``trial.suggest_*`` only; ``cheapest(stage, shared)`` gives its cheapest choices. By
-    default heads and ratio come from ``shared`` and the options from ``draw_options`` and
-    ``cheapest_options``. ``searchable = False`` keeps a block type out of the search space.
+    ``trial.suggest_*`` only; ``cheapest(stage, shared)`` and ``costliest(stage, shared)`` give
+    its choices with the fewest and the most MACs (the space's floor and ceiling). By default
+    heads and ratio come from ``shared`` and the options from ``draw_options``,
+    ``cheapest_options`` and ``costliest_options``. ``searchable = False`` keeps a block type
+    out of the search space.
     """
 
     options_type: ClassVar[type[BlockOptions]]
@@ -209,6 +213,17 @@ class Stage(nn.Module):
     @classmethod
     def cheapest_options(cls, stage: int) -> BlockOptions:
         """The block's options with the fewest MACs (default: the options' defaults)."""
+        return cls.options_type()
+
+    @classmethod
+    def costliest(cls, stage: int, shared: SharedChoices) -> StageChoice:
+        """The choices of stage ``stage`` with the most MACs."""
+        heads, ratio = max(shared.heads[stage]), max(shared.mlp_ratios)
+        return StageChoice(heads, ratio, cls.costliest_options(stage))
+
+    @classmethod
+    def costliest_options(cls, stage: int) -> BlockOptions:
+        """The block's options with the most MACs (default: the options' defaults)."""
         return cls.options_type()
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import typing
 from typing import Any
 
@@ -78,6 +79,11 @@ class SearchConfig:
     device: str = _setting(
         "auto", "proxy device: auto (CUDA when there is one), cpu, cuda[:N] (default %(default)s)"
     )
+    max_repeated_failures: int = _setting(
+        3,
+        "stop the search after this many trials in a row fail for the same reason "
+        "(default %(default)s)",
+    )
     ray_address: str | None = _setting(
         None, "Ray: join this cluster (auto, ray://host:10001; default: start a local Ray)"
     )
@@ -107,8 +113,11 @@ class SearchConfig:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial!r}")
         if self.gpus_per_trial < 0:
             raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial!r}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        value = self.max_repeated_failures
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_repeated_failures must be an integer >= 1, got {value!r}")
 
     @property
     def budget_macs(self) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import pickle
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -126,24 +126,76 @@ def _digits() -> ImageData:
     return _in_memory(images, digits.target, natural=False)
 
 
+# What a CIFAR pickle may name: numpy's array and dtype reconstructors (numpy 1 and 2 module
+# paths, pickle protocols 2 to 5) and the latin-1 byte strings of Python 3 protocol-2 pickles.
+# Anything else is refused before it is looked up, so nothing in the file can run.
+_CIFAR_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads only dicts, lists, strings, bytes, numbers and numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which a CIFAR batch never holds; refused unread"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"missing file {path}: is this a python-pickle CIFAR folder?")
     try:
         with path.open("rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, OSError) as error:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as error:
         raise ValueError(f"cannot read {path} as a CIFAR pickle: {error}") from None
+    except Exception as error:  # a malformed stream fails in many ways; never a traceback
+        raise ValueError(
+            f"cannot read {path} as a CIFAR pickle: {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch (a dict)")
+    return batch
 
 
-def _cifar_part(files: list[Path], label_key: bytes) -> ImageTensorDataset:
-    images, labels = [], []
-    for path in files:
-        batch = _unpickle(path)
-        if b"data" not in batch or label_key not in batch:
-            raise ValueError(f"{path} has no {label_key.decode()!r} or 'data' entry")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+def _cifar_arrays(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The checked (N, 3, 32, 32) uint8 images and (N,) labels of one CIFAR batch file."""
+    batch = _unpickle(path)
+    for key in (b"data", label_key):
+        if key not in batch:
+            raise ValueError(f"{path} has no {key.decode()!r} entry")
+    data, labels = batch[b"data"], batch[label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise ValueError(f"{path}: 'data' must be a 2-D uint8 array, got {type(data).__name__}")
+    if data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: 'data' rows must hold 3072 values, got {data.shape[1]}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise ValueError(
+            f"{path}: {label_key.decode()!r} must be a list with one label per image ({len(data)})"
+        )
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {label_key.decode()!r} must hold integers") from None
+    if labels.ndim != 1 or (len(labels) and (labels.min() < 0 or labels.max() >= classes)):
+        raise ValueError(f"{path}: labels must lie in 0..{classes - 1}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_part(files: list[Path], label_key: bytes, classes: int) -> ImageTensorDataset:
+    images, labels = zip(*(_cifar_arrays(path, label_key, classes) for path in files), strict=True)
     return ImageTensorDataset(
         torch.from_numpy(np.concatenate(images)),
         torch.from_numpy(np.concatenate(labels)),
@@ -160,7 +212,8 @@ def _cifar(path: Path, classes: int) -> ImageData:
         val_files, key = [path / "test_batch"], b"labels"
     else:
         train_files, val_files, key = [path / "train"], [path / "test"], b"fine_labels"
-    return ImageData(_cifar_part(train_files, key), _cifar_part(val_files, key), classes, 32)
+    train, val = _cifar_part(train_files, key, classes), _cifar_part(val_files, key, classes)
+    return ImageData(train, val, classes, 32)
 
 
 def _class_files(root: Path) -> dict[str, list[Path]]:

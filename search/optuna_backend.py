@@ -1,7 +1,9 @@
 """The Optuna backend: trials one after another in this process, on the run folder's study.
 
 Each trial is asked from the study, defined, trained and told (``search.trial``); hopeless
-trials stop early (``search.pruning.DominancePruner``) and are PRUNED. The sampler is seeded
+trials stop early (``search.pruning.DominancePruner``) and are PRUNED. When the last
+``max_repeated_failures`` trials of this run failed for the same reason the search stops with
+``storage.RepeatedFailure``. The sampler is seeded
 with ``config.seed`` plus the number of trials already in the study: a fresh run repeats
 exactly, and a resumed one does not draw its first trials again.
 """
@@ -73,6 +75,7 @@ class OptunaBackend:
             journal = storage.journal(config.out)
             seed = config.seed + storage.trial_count(config.out)
             study = storage.open_study(journal, trial.sampler(config, seed))
+            first = len(study.trials)  # trials of this run (redone ones too) number from here
             storage.recover_interrupted(study, journal)
             pruner = DominancePruner() if config.prune else None
             while True:
@@ -82,3 +85,4 @@ class OptunaBackend:
                 if used >= config.trials:
                     break
                 _run_one(study, config, data, pruner)
+                storage.check_failures(study, first, config.max_repeated_failures)

@@ -11,8 +11,9 @@ README). The same code runs on CUDA with mixed precision (bfloat16 where support
 with loss scaling); on the CPU it is deterministic for a seed.
 
 A NaN or infinite loss or running out of memory ends that training with a failed
-``ProxyResult`` that says why; it never raises. An exception raised by the ``report`` callback
-(an Optuna pruner's ``TrialPruned``, say) is not caught.
+``ProxyResult`` that says why; it never raises. A training that would not fit in the device's
+memory (``search.memory``) fails before anything is allocated. An exception raised by the
+``report`` callback (an Optuna pruner's ``TrialPruned``, say) is not caught.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from blocks import build_model
 from search.data import ImageData, ImageTensorDataset
+from search.memory import available_bytes, training_bytes
 from space.genotype import ArchSpec
 
 __all__ = [
@@ -194,13 +196,20 @@ def _check_finite(loss: Tensor, epoch: int) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU; ``cuda`` asked for on a
-    machine without it is a ValueError."""
+    """``auto`` is the first CUDA device when there is one, else the CPU. ``cuda[:N]`` asked for
+    on a machine without CUDA, or with N beyond the visible GPUs, is a ValueError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
+        visible = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= visible:
+            raise ValueError(
+                f"device {device!r} was asked for, but only {visible} GPU(s) are visible "
+                f"(cuda:0 to cuda:{visible - 1})"
+            )
     return dev
 
 
@@ -307,6 +316,9 @@ def train(
     seen, accuracies = 0, []
     steps = settings.epochs * math.ceil(len(train_set) / settings.batch_size)
     bar = None
+    shortfall = _memory_shortfall(arch, num_classes, settings, dev)
+    if shortfall:
+        return _failed(shortfall, accuracies, start, seen)
     try:
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
@@ -333,6 +345,23 @@ def train(
             bar.close()
     seconds = time.perf_counter() - start
     return ProxyResult(accuracies[-1], tuple(accuracies), seconds, seen / seconds)
+
+
+def _memory_shortfall(
+    arch: ArchSpec, num_classes: int, settings: ProxySettings, dev: torch.device
+) -> str:
+    """Why the training would not fit in the device's memory, or "" when it fits."""
+    have = available_bytes(dev)
+    if have is None:
+        return ""
+    need = training_bytes(arch, num_classes, settings.resolution, settings.batch_size)
+    if need <= have:
+        return ""
+    return (
+        f"out of memory before training: needs about {need / 2**30:.1f} GiB at batch "
+        f"{settings.batch_size} and {settings.resolution}px, {have / 2**30:.1f} GiB available "
+        f"on {dev}"
+    )
 
 
 def _failed(reason: str, accuracies: list[float], start: float, seen: int) -> ProxyResult:

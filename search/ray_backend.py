@@ -11,6 +11,8 @@ CPUs and GPUs or on an existing Ray cluster.
   trial it stops is PRUNED with its last accuracy. ``prune=False`` runs every trial to its end.
 - Resources: ``cpus_per_trial`` and fractional ``gpus_per_trial``; Ray packs as many trials as
   they allow. ``ray_address`` joins an existing cluster, else a local Ray starts.
+- Failures: when the last ``max_repeated_failures`` trials of this run failed for the same
+  reason the experiment stops and ``storage.RepeatedFailure`` is raised.
 - Resume: as with the Optuna backend, finished trials stay in the study, trials a dead run left
   RUNNING are failed and redone, and a rerun runs the remaining slots (Ray's own experiment
   folders, ``ray/run-<k>``, are scratch).
@@ -74,25 +76,43 @@ class _StudySearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-class _Progress(tune.Callback):
-    """Calls ``on_trial(finished, best_accuracy)`` from the study as trials end. The callback
-    is not pickled into Ray's experiment state (a progress bar is not picklable)."""
+class _Watch(tune.Callback):
+    """As trials end: calls ``on_trial(finished, best_accuracy)`` from the study, and notes
+    when the last trials of this run all failed for the same reason (``failure``), which
+    ``_StopOnFailure`` turns into the end of the experiment. A progress bar is not picklable,
+    so ``on_trial`` is left out of Ray's saved experiment state."""
 
-    def __init__(self, out: str, on_trial: OnTrial | None) -> None:
-        self.out, self.on_trial = out, on_trial
+    def __init__(self, config: SearchConfig, first: int, on_trial: OnTrial | None) -> None:
+        self.out, self.first, self.times = config.out, first, config.max_repeated_failures
+        self.on_trial, self.failure = on_trial, None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"out": self.out, "on_trial": None}
+        return {**self.__dict__, "on_trial": None}
 
     def _ended(self) -> None:
+        study = storage.load_study(self.out)
+        self.failure = storage.repeated_failure(study, self.first, self.times)
         if self.on_trial is not None:
-            self.on_trial(*storage.progress(storage.load_study(self.out)))
+            self.on_trial(*storage.progress(study))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended()
+
+
+class _StopOnFailure(tune.Stopper):
+    """Ends the experiment once ``_Watch`` has seen the same failure repeat."""
+
+    def __init__(self, watch: _Watch) -> None:
+        self.watch = watch
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.watch.failure is not None
 
 
 def _space(asked: optuna.Trial, *, config: SearchConfig) -> dict[str, Any]:
@@ -121,7 +141,7 @@ def _trainable(params: dict[str, Any], *, config: SearchConfig) -> None:
         raise ProxyFailed(outcome.reason)
 
 
-def _tuner(config: SearchConfig, slots: int, experiment: str, on_trial: OnTrial | None) -> Any:
+def _tuner(config: SearchConfig, slots: int, experiment: str, watch: _Watch) -> Any:
     search = _StudySearch(
         space=functools.partial(_space, config=config),
         metric=["accuracy", "macs"],
@@ -154,7 +174,8 @@ def _tuner(config: SearchConfig, slots: int, experiment: str, on_trial: OnTrial 
             name=experiment,
             storage_path=str(Path(config.out) / EXPERIMENTS),
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[_Progress(config.out, on_trial)],
+            callbacks=[watch],
+            stop=_StopOnFailure(watch),
             verbose=0,
         ),
     )
@@ -177,6 +198,7 @@ class RayBackend:
         with storage.folder_lock(config.out):
             journal = storage.journal(config.out)
             study = storage.open_study(journal, trial.sampler(config))
+            first = len(study.trials)  # trials of this run (redone ones too) number from here
             storage.recover_interrupted(study, journal)
             used, best = storage.progress(study)
             if on_trial is not None:
@@ -194,7 +216,14 @@ class RayBackend:
                     configure_logging=False,
                 )
             try:
-                _tuner(config, config.trials - used, experiment, on_trial).fit()
+                _tuner(
+                    config, config.trials - used, experiment, _Watch(config, first, on_trial)
+                ).fit()
             finally:
                 if started_here:
                     ray.shutdown()
+            # Trials still running when the experiment stopped are redone by the next run.
+            storage.recover_interrupted(storage.load_study(config.out), journal)
+            storage.check_failures(
+                storage.load_study(config.out), first, config.max_repeated_failures
+            )

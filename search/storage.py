@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,8 @@ __all__ = [
     "INTERRUPTED",
     "STUDY_NAME",
     "FolderBusy",
+    "RepeatedFailure",
+    "check_failures",
     "completed",
     "folder_lock",
     "journal",
@@ -40,6 +43,7 @@ __all__ = [
     "progress",
     "records",
     "recover_interrupted",
+    "repeated_failure",
     "slots_used",
     "to_record",
     "trial_count",
@@ -149,6 +153,39 @@ def slots_used(study: optuna.Study) -> int:
     )
 
 
+class RepeatedFailure(RuntimeError):
+    """The search stopped because its last trials all failed for the same reason."""
+
+
+def repeated_failure(study: optuna.Study, since: int, times: int) -> str | None:
+    """The reason shared by the last ``times`` trials to finish, numbered ``since`` or later
+    (interrupted ones aside), if they all failed for it (numbers in reasons may differ); None
+    otherwise."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number >= since
+        and t.state.is_finished()
+        and t.datetime_complete is not None
+        and t.user_attrs.get("fail_reason") != INTERRUPTED
+    ]
+    last = sorted(done, key=lambda t: t.datetime_complete)[-times:]
+    if len(last) < times or any(t.state != TrialState.FAIL for t in last):
+        return None
+    reasons = {re.sub(r"[\d.]+", "#", t.user_attrs.get("fail_reason", "")) for t in last}
+    return last[-1].user_attrs.get("fail_reason", "unknown") if len(reasons) == 1 else None
+
+
+def check_failures(study: optuna.Study, since: int, times: int) -> None:
+    """Raise ``RepeatedFailure`` naming the reason when ``repeated_failure`` finds one."""
+    reason = repeated_failure(study, since, times)
+    if reason is not None:
+        raise RepeatedFailure(
+            f"the search stopped: the last {times} trials all failed with: {reason}. "
+            "Finished trials are kept; fix the cause and rerun the same command to resume"
+        )
+
+
 def completed(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
@@ -187,5 +224,7 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
 
 
 def records(out: str | Path) -> list[TrialRecord]:
-    """Every trial of the run folder's study, as trial records."""
-    return [to_record(t) for t in load_study(out).get_trials(deepcopy=False)]
+    """Every trial of the run folder's study, as trial records (trials queued for the next run
+    are not trials yet)."""
+    trials = load_study(out).get_trials(deepcopy=False)
+    return [to_record(t) for t in trials if t.state != TrialState.WAITING]

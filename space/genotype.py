@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from blocks import BLOCKS, HEADS, STEMS
@@ -52,9 +53,10 @@ class StageSpec:
         if (
             isinstance(self.mlp_ratio, bool)
             or not isinstance(self.mlp_ratio, (int, float))
+            or not math.isfinite(self.mlp_ratio)
             or self.mlp_ratio <= 0
         ):
-            raise ValueError(f"mlp_ratio must be a number > 0, got {self.mlp_ratio!r}")
+            raise ValueError(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio!r}")
         object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
         options = self.options
         if options is None:

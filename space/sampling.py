@@ -31,6 +31,7 @@ __all__ = [
     "TrialLike",
     "block_types",
     "check_budget",
+    "largest_macs",
     "sample",
     "smallest_macs",
 ]
@@ -156,14 +157,51 @@ def smallest_macs(resolution: int = 224) -> int:
     return estimate(_smallest(resolution, block_types())).macs
 
 
+@functools.lru_cache(maxsize=16)
+def _largest(resolution: int, blocks: tuple[str, ...]) -> ArchSpec:
+    """The architecture of the space with the most MACs at ``resolution``: every block mix,
+    each stage with its costliest choices at its deepest and widest draw, at the fit's largest
+    scale (a draw is never scaled beyond it)."""
+    best, best_macs = None, -1
+    for mix in itertools.product(blocks, repeat=NUM_STAGES):
+        stages = [
+            (
+                block,
+                {
+                    "depth": SPACE["depth"][i][1],
+                    "width": max(SPACE["width"][i]),
+                    **BLOCKS.get(block).costliest(i, SHARED)._asdict(),
+                },
+            )
+            for i, block in enumerate(mix)
+        ]
+        arch = _scaled(_build(max(SPACE["stem_width"]), resolution, stages), FIT_HIGH)
+        macs = estimate(arch).macs
+        if macs > best_macs:
+            best, best_macs = arch, macs
+    assert best is not None
+    return best
+
+
+def largest_macs(resolution: int = 224) -> int:
+    """MACs of the largest architecture the space can reach at ``resolution``."""
+    return estimate(_largest(resolution, block_types())).macs
+
+
 def check_budget(budget_macs: int, resolution: int = 224) -> int:
-    """Raise ``ValueError`` naming the smallest reachable MACs if the budget is below them;
-    return them otherwise."""
+    """Raise ``ValueError`` naming the limit if the budget is below the smallest architecture
+    of the space or above its largest; return the smallest's MACs otherwise."""
     floor = smallest_macs(resolution)
     if budget_macs < floor:
         raise ValueError(
             f"the budget of {budget_macs:,} MACs is below the smallest architecture of the "
             f"search space at {resolution}px ({floor:,} MACs = {floor / 1e9:.3f} GMACs)"
+        )
+    ceiling = largest_macs(resolution)
+    if budget_macs > ceiling:
+        raise ValueError(
+            f"the budget of {budget_macs:,} MACs is above the largest architecture of the "
+            f"search space at {resolution}px ({ceiling:,} MACs = {ceiling / 1e9:,.1f} GMACs)"
         )
     return floor
 

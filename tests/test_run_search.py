@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import run_search
+import search.proxy
+import search.storage
+from search.proxy import ProxyResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = (
@@ -191,3 +197,46 @@ def test_unwritable_output_folder(tmp_path: Path, where: str) -> None:
 def test_report_only_without_a_run(tmp_path: Path) -> None:
     done = cli("--out", str(tmp_path / "nothing"), "--report-only")
     assert done.returncode == 2 and "holds no run" in done.stderr
+
+
+def test_a_crafted_cifar_folder_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    from tests.search.test_data import _Payload, write_cifar
+
+    write_cifar(tmp_path / "c", 10)
+    victim = tmp_path / "pwned"
+    hostile = {b"data": _Payload(f"touch {victim}"), b"labels": [0]}
+    (tmp_path / "c" / "data_batch_1").write_bytes(pickle.dumps(hostile, protocol=2))
+    done = cli("--data", f"cifar10:{tmp_path / 'c'}", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "data_batch_1" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not victim.exists() and not (tmp_path / "run").exists()
+
+
+def test_a_budget_above_the_space_is_refused_at_once(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    done = cli("--budget", "1e30", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and time.perf_counter() - started < 60
+    assert "above the largest architecture of the search space at 224px" in done.stderr
+    assert "GMACs" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 8, reason="needs cuda:9 to be absent")
+def test_a_missing_gpu_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    device = "cuda:0" if not torch.cuda.is_available() else "cuda:9"
+    done = cli("--device", device, "--data", "digits", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and device in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_trials_failing_the_same_way_stop_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> ProxyResult:
+        return ProxyResult(0.0, (), 0.1, 10.0, True, "out of memory: tried 1.5 GiB")
+
+    monkeypatch.setattr(search.proxy, "train", broken)
+    args = ["--budget", "0.6G", "--trials", "20", "--data", "digits", "--out", str(tmp_path)]
+    assert run_search.main([*args, "--max-repeated-failures", "4"]) == 1
+    assert "the last 4 trials all failed with: out of memory" in capsys.readouterr().err
+    trials = pd.DataFrame(search.storage.records(tmp_path))
+    assert len(trials) == 4 and (trials.state == "FAIL").all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -70,6 +71,55 @@ def test_malformed_cifar_folder_names_the_missing_file(tmp_path: Path) -> None:
     (tmp_path / "c" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match=r"cannot read .*data_batch_3"):
         data.load(f"cifar10:{tmp_path / 'c'}")
+
+
+class _Payload:
+    """Unpickling this runs ``os.system(command)``: what a hostile batch file would do."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (self.command,))
+
+
+def test_a_crafted_cifar_pickle_runs_nothing(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "c", 10)
+    victim = tmp_path / "pwned"
+    hostile = {b"data": _Payload(f"touch {victim}"), b"labels": [0]}
+    (tmp_path / "c" / "data_batch_2").write_bytes(pickle.dumps(hostile, protocol=2))
+    with pytest.raises(ValueError, match=r"data_batch_2.*posix.system|data_batch_2.*os.system"):
+        data.load(f"cifar10:{tmp_path / 'c'}")
+    assert not victim.exists()
+    # the same file loaded with a plain pickle.load would have run it: the test can fail
+    pickle.loads((tmp_path / "c" / "data_batch_2").read_bytes())
+    assert victim.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (3, "holds a int, not a CIFAR batch"),
+        ({b"labels": [0]}, "has no 'data' entry"),
+        ({b"data": np.zeros((2, 3072), np.uint8)}, "has no 'labels' entry"),
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "2-D uint8 array"),
+        ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "rows must hold 3072"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "one label per image"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["a", "b"]}, "must hold integers"),
+        (
+            {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]},
+            r"labels must lie in 0\.\.9",
+        ),
+    ],
+)
+def test_malformed_cifar_content_is_one_clear_error(
+    tmp_path: Path, content: object, message: str
+) -> None:
+    write_cifar(tmp_path / "c", 10)
+    (tmp_path / "c" / "test_batch").write_bytes(pickle.dumps(content))
+    with pytest.raises(ValueError, match=message) as error:
+        data.load(f"cifar10:{tmp_path / 'c'}")
+    assert "test_batch" in str(error.value) and "\n" not in str(error.value)
 
 
 def write_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "owl"), n: int = 5) -> None:

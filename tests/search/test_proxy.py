@@ -124,3 +124,31 @@ def test_auto_device_is_cuda_only_when_there_is_one() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert proxy.resolve_device("auto").type == expected
     assert proxy.resolve_device("cpu").type == "cpu"
+
+
+def test_a_training_too_large_for_memory_fails_before_allocating(
+    digits_subset: ImageData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need = proxy.training_bytes(tiny_arch(), 10, 32, 64)
+    monkeypatch.setattr(proxy, "available_bytes", lambda device: need - 1)
+    monkeypatch.setattr(proxy, "build_model", lambda *a, **k: pytest.fail("built a model"))
+    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1))
+    assert result.failed and result.reason.startswith("out of memory before training")
+    assert "GiB available on cpu" in result.reason
+
+
+def test_the_memory_estimate_is_what_a_real_step_keeps() -> None:
+    """The meta-device count matches the bytes a real CPU forward saves for backward, plus four
+    float32 copies of the parameters (kernels may save slightly different extras: within 2%)."""
+    model = proxy.build_model(tiny_arch(), 10, resolution=32)
+    saved: dict[int, torch.Tensor] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        saved[id(tensor)] = tensor
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(torch.randn(64, 3, 32, 32))
+    real = sum(t.numel() * t.element_size() for t in saved.values())
+    weights = 4 * sum(p.numel() * 4 for p in model.parameters())
+    assert proxy.training_bytes(tiny_arch(), 10, 32, 64) == pytest.approx(real + weights, rel=0.02)

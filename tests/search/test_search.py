@@ -268,3 +268,23 @@ def test_ray_reuses_a_trained_architecture_and_no_prune_trains_to_the_end(tmp_pa
     assert table.accuracy.iloc[1] == table.accuracy.iloc[0]
     assert (table.state == "COMPLETE").all()
     assert table.epoch_accuracies.map(lambda text: len(json.loads(text))).eq(3).all()
+
+
+@pytest.mark.parametrize("backend", ["optuna", pytest.param("ray", marks=pytest.mark.slow)])
+def test_a_search_whose_trials_all_fail_the_same_way_stops(tmp_path: Path, backend: str) -> None:
+    """A batch no memory holds: every trial fails before training, with sizes in the reason
+    that differ; the search stops after three and keeps them, and a rerun goes on."""
+    config = tiny(
+        trials=12,
+        out=str(tmp_path / "run"),
+        backend=backend,
+        max_repeated_failures=3,
+        proxy=ProxySettings(epochs=1, batch_size=10**7),
+    )
+    with pytest.raises(storage.RepeatedFailure, match="the last 3 trials all failed with: out of"):
+        run(config)
+    table = trial_table(config)
+    assert 3 <= len(table) < 12 and (table.state == "FAIL").all()
+    with pytest.raises(storage.RepeatedFailure):
+        run(config)
+    assert len(trial_table(config)) >= len(table) + 3

@@ -13,7 +13,7 @@ from blocks.cot import CoTStage
 from blocks.dualvit import DualStage
 from space.cost import count, estimate
 from space.genotype import ArchSpec
-from space.sampling import SPACE, block_types, sample, smallest_macs
+from space.sampling import SPACE, block_types, largest_macs, sample, smallest_macs
 
 BUDGETS = (600_000_000, 1_500_000_000, 4_000_000_000, 9_000_000_000)
 
@@ -132,3 +132,12 @@ def test_other_resolutions(resolution: int) -> None:
         arch = sample(study.ask(), 2_000_000_000, resolution=resolution)
         assert arch.resolution == resolution
         assert estimate(arch).macs <= 2_000_000_000
+
+
+def test_the_ceiling_is_the_largest_reachable_architecture() -> None:
+    ceiling = largest_macs(224)
+    archs, _ = draw(ceiling, 200, seed=3)
+    macs = [estimate(arch).macs for arch in archs]
+    assert max(macs) <= ceiling and max(macs) > 0.1 * ceiling
+    with pytest.raises(ValueError, match=r"above the largest architecture .* GMACs"):
+        sample(optuna.create_study().ask(), ceiling + 1)
