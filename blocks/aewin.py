@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.attention import attend
-from blocks.formulas import Cost, attention, conv, linear, norm
+from blocks.formulas import Cost, attention, conv, linear, norm, per_ratio
 from blocks.layers import DropPath, LayerNorm2d, Transition, pad_to_multiple
 from blocks.registry import (
     BLOCKS,
@@ -341,12 +341,12 @@ class AEWinStage(Stage):
                 AEWinBlock(
                     spec.width,
                     spec.heads,
-                    spec.mlp_ratio,
+                    ratio,
                     spec.options,
                     shift=i % 2 == 1,
                     drop_path=rate,
                 )
-                for i, rate in enumerate(drop_path)
+                for i, (ratio, rate) in enumerate(zip(spec.block_ratios, drop_path, strict=True))
             )
         )
 
@@ -356,8 +356,10 @@ class AEWinStage(Stage):
         entry = Transition.cost(
             plan.in_width, spec.width, stride=plan.stride, kernel=3, pixels=side * side
         )
-        block = AEWinBlock.cost(spec.width, spec.heads, spec.mlp_ratio, spec.options, side)
-        return entry + block * spec.depth
+        blocks = per_ratio(
+            spec, lambda ratio: AEWinBlock.cost(spec.width, spec.heads, ratio, spec.options, side)
+        )
+        return entry + blocks
 
     @classmethod
     def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> AEWinOptions:
@@ -381,6 +383,8 @@ class AEWinStage(Stage):
 @HEADS.register("norm")
 class NormHead(nn.Module):
     """LayerNorm -> global average pool -> dropout -> linear (Swin, CSWin)."""
+
+    has_width = False
 
     def __init__(
         self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0

@@ -30,7 +30,8 @@ def plan_stages(arch: ArchLike, resolution: int | None = None) -> list[StagePlan
     for i, spec in enumerate(arch.stages):
         stage_type = BLOCKS.get(spec.block)
         size = stage_size(resolution, i)
-        plans.append(StagePlan(spec, stage_type, in_width, stride, in_size, size, tokens_in))
+        last = i == len(arch.stages) - 1
+        plans.append(StagePlan(spec, stage_type, in_width, stride, in_size, size, tokens_in, last))
         in_width, stride, in_size = spec.width, 2, size
         tokens_in = stage_type.token_count(spec, size, tokens_in)
     return plans

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.attention import attend, merge_heads, split_heads
-from blocks.formulas import Cost, attention, conv, linear, norm
+from blocks.formulas import Cost, attention, conv, linear, norm, per_ratio
 from blocks.layers import (
     DropPath,
     LayerNorm2d,
@@ -224,7 +224,8 @@ class CMTStage(Stage):
         k = spec.options.kv_reduction
         self.transition = Transition(plan.in_width, spec.width, stride=plan.stride, kernel=2)
         self.blocks = nn.ModuleList(
-            CMTBlock(spec.width, spec.heads, spec.mlp_ratio, k, rate) for rate in drop_path
+            CMTBlock(spec.width, spec.heads, ratio, k, rate)
+            for ratio, rate in zip(spec.block_ratios, drop_path, strict=True)
         )
         self.grid_query = (feature_size, feature_size)
         self.grid_key = self.blocks[0].attn.kv_grid(feature_size, feature_size)
@@ -237,9 +238,9 @@ class CMTStage(Stage):
         spec, side = plan.spec, plan.feature_size
         k, n = spec.options.kv_reduction, side * side
         entry = Transition.cost(plan.in_width, spec.width, stride=plan.stride, kernel=2, pixels=n)
-        block = CMTBlock.cost(spec.width, spec.mlp_ratio, k, side)
+        blocks = per_ratio(spec, lambda ratio: CMTBlock.cost(spec.width, ratio, k, side))
         bias_table = Cost(spec.heads * n * math.ceil(side / k) ** 2, 0)
-        return entry + block * spec.depth + bias_table
+        return entry + blocks + bias_table
 
     @classmethod
     def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> CMTOptions:
@@ -274,6 +275,8 @@ class CMTStage(Stage):
 @HEADS.register("conv")
 class ConvHead(nn.Module):
     """1x1 conv to ``width`` -> BN -> Swish -> global average pool -> dropout -> linear (CMT)."""
+
+    has_width = True
 
     def __init__(
         self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0

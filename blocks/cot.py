@@ -69,6 +69,11 @@ class CoTOptions(BlockOptions):
             raise ValueError(
                 f"heads must be 1 for a cot stage (it has no heads), got {stage.heads}"
             )
+        if isinstance(stage.mlp_ratio, tuple):
+            raise ValueError(
+                f"mlp_ratio of a cot stage is one number (width over bottleneck width), "
+                f"got the pattern {list(stage.mlp_ratio)}"
+            )
         mid = stage.width / stage.mlp_ratio
         if mid != int(mid) or int(mid) % SHARE_PLANES:
             raise ValueError(
@@ -274,6 +279,8 @@ class CoTStage(Stage):
 @HEADS.register("pool")
 class PoolHead(nn.Module):
     """Global average pool -> dropout -> linear (ResNet)."""
+
+    has_width = False
 
     def __init__(
         self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0

@@ -18,16 +18,16 @@ tokens x of the feature map and m semantic tokens z of the same width.
 - Merge block (``mode="merge"``): MHSA over [x; z], then the FFN above for x and
   Linear(d, 2d) -> GELU -> Linear(2d, d) for z;
 - stem: 7x7 conv stride 2 -> BN -> ReLU, two [3x3 conv -> BN -> ReLU]; each stage then opens
-  with a 3x3 stride-2 conv -> LayerNorm and ends with LayerNorm on x;
+  with a 3x3 stride-2 conv -> LayerNorm and, unless it is the last, ends with LayerNorm on x;
+- a stage's MLP ratio may be a pattern over its blocks (the official stage 3 alternates 4 and 3);
 - head: a class token (the mean of all pixel and semantic tokens) passes one class-attention
-  block (CaiT) over all tokens, then LayerNorm and the classifier. The auxiliary token-labelling
-  head of the paper is not built.
+  block (CaiT) over all tokens, whose MLP has its own hidden width (``head_width``; 2 x 448 in
+  Dual-ViT-S), then LayerNorm and the classifier. The auxiliary token-labelling head of the paper
+  is not built.
 
-Deviations, for readers comparing with the official code: the official stage 3 alternates MLP
-ratios 4 and 3 (the ``dualvit_s`` preset uses the average, 3.5, which gives the same parameters and
-MACs); the official last stage has no closing LayerNorm on x (ours has one, 2d parameters); the
-official pooling is a 7x7 window with stride 7 (floor), ours is adaptive to round(side / pool), the
-same at 224px.
+``dualvit_s`` is the official model: its weights load by a name map and give the same logits
+(README). One difference remains, invisible at 224px: the official pooling is a 7x7 window with
+stride 7 (floor), ours is adaptive to round(side / pool).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.attention import attend, merge_heads, split_heads
-from blocks.formulas import Cost, attention, conv, linear, norm
+from blocks.formulas import Cost, attention, conv, linear, norm, per_ratio
 from blocks.layers import DropPath, Transition, map_to_tokens, tokens_to_map
 from blocks.registry import (
     BLOCKS,
@@ -321,9 +321,11 @@ class DualStage(Stage):
         )
         block = DualBlock if spec.options.mode == "dual" else MergeBlock
         self.blocks = nn.ModuleList(
-            block(dim, spec.heads, spec.mlp_ratio, rate) for rate in drop_path
+            block(dim, spec.heads, ratio, rate)
+            for ratio, rate in zip(spec.block_ratios, drop_path, strict=True)
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        # The last stage leaves its map to the head, which normalises it itself.
+        self.norm = nn.Identity() if plan.last else nn.LayerNorm(dim, eps=1e-6)
 
     @staticmethod
     def token_count(spec: StageLike, feature_size: int, tokens_in: int) -> int:
@@ -334,13 +336,15 @@ class DualStage(Stage):
         spec, in_width = plan.spec, plan.in_width
         d, n = spec.width, plan.feature_size * plan.feature_size
         m = cls.token_count(spec, plan.feature_size, plan.tokens_in)
-        out = Transition.cost(in_width, d, stride=plan.stride, kernel=3, pixels=n) + norm(d)
+        out = Transition.cost(in_width, d, stride=plan.stride, kernel=3, pixels=n)
+        if not plan.last:
+            out += norm(d)
         if plan.tokens_in:
             out += norm(in_width) + linear(in_width, d, m) + norm(d)
         else:
             out += SemanticTokens.cost(d, m)
         block = DualBlock if spec.options.mode == "dual" else MergeBlock
-        return out + block.cost(d, spec.mlp_ratio, n, m) * spec.depth
+        return out + per_ratio(spec, lambda ratio: block.cost(d, ratio, n, m))
 
     @classmethod
     def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> DualOptions:
@@ -371,6 +375,8 @@ class DualStage(Stage):
 class ClassAttentionHead(nn.Module):
     """Class token = mean of all tokens; one class-attention block (CaiT) -> LayerNorm -> linear."""
 
+    has_width = True
+
     def __init__(
         self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
     ) -> None:
@@ -382,8 +388,7 @@ class ClassAttentionHead(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        hidden = int(dim * last.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, dim))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(dim, num_classes)
@@ -392,8 +397,7 @@ class ClassAttentionHead(nn.Module):
     def cost(
         last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
     ) -> Cost:
-        d, length = last.width, feature_size * feature_size + tokens + 1
-        hidden = int(d * last.mlp_ratio)
+        d, length, hidden = last.width, feature_size * feature_size + tokens + 1, width
         attn = linear(d, d, 1) * 2 + linear(d, 2 * d, length) + attention(1, length, d)
         mlp = linear(d, hidden, 1) + linear(hidden, d, 1)
         return norm(d) * 3 + attn + mlp + linear(d, num_classes, 1)

@@ -10,8 +10,11 @@ products count their multiply-accumulates, biases and normalisation count parame
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Cost", "attention", "conv", "linear", "norm"]
+__all__ = ["Cost", "attention", "conv", "linear", "norm", "per_ratio"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +55,12 @@ def norm(channels: int) -> Cost:
 def attention(queries: int, keys: int, channels: int) -> Cost:
     """q k^T and (attention) v for ``queries`` x ``keys`` over ``channels`` summed over heads."""
     return Cost(0, 2 * queries * keys * channels)
+
+
+def per_ratio(spec: Any, block_cost: Callable[[float], Cost]) -> Cost:
+    """The cost of a stage's blocks, ``block_cost(ratio)`` each, over their MLP ratios
+    (``spec.block_ratios``: one ratio, or a pattern repeated over the depth)."""
+    total = Cost()
+    for ratio, blocks in Counter(spec.block_ratios).items():
+        total += block_cost(ratio) * blocks
+    return total

@@ -3,9 +3,9 @@
 A registry is a small name -> object table filled by decorators: a duplicate name is an error,
 an unknown name is an error that lists the known ones. A block type is a ``Stage`` subclass; a
 stem is a module class with a ``stride`` (2 or 4), ``__init__(width)`` and
-``cost(width, resolution)``; a head is a module class with
-``__init__(last_stage, *, width, num_classes, dropout)``, ``forward(x, tokens)`` and
-``cost(last_stage, *, width, num_classes, feature_size, tokens)``.
+``cost(width, resolution)``; a head is a module class with ``has_width`` (whether it takes the
+genotype's ``head_width``), ``__init__(last_stage, *, width, num_classes, dropout)``,
+``forward(x, tokens)`` and ``cost(last_stage, *, width, num_classes, feature_size, tokens)``.
 
 ``blocks`` never imports ``space``; what it needs of a genotype is described by the
 ``StageLike`` and ``ArchLike`` protocols below, which ``space.genotype.StageSpec`` and
@@ -85,8 +85,11 @@ class StageLike(Protocol):
     depth: int
     width: int
     heads: int
-    mlp_ratio: float
+    mlp_ratio: float | tuple[float, ...]
     options: Any
+
+    @property
+    def block_ratios(self) -> tuple[float, ...]: ...
 
 
 class ArchLike(Protocol):
@@ -128,7 +131,8 @@ class BlockOptions:
 class StagePlan(NamedTuple):
     """Where a stage sits in the network: its genotype, what it receives (``in_width``
     channels of an ``in_size`` map, ``tokens_in`` semantic tokens, 0 for none), the stride it
-    applies (1 or 2) and the side of its own map, ``feature_size``, at the built resolution."""
+    applies (1 or 2), the side of its own map, ``feature_size``, at the built resolution, and
+    whether it is the last stage (its output goes to the head)."""
 
     spec: StageLike
     stage_type: type[Stage]
@@ -137,6 +141,7 @@ class StagePlan(NamedTuple):
     in_size: int
     feature_size: int
     tokens_in: int
+    last: bool = False
 
 
 class StageChoice(NamedTuple):

@@ -52,7 +52,7 @@ def _stage_rows(arch: ArchSpec) -> list[str]:
     for i, s in enumerate(arch.stages, start=1):
         options = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(s.options).items())
         rows.append(
-            f"| {i} | {s.block} | {s.depth} | {s.width} | {s.heads} | {s.mlp_ratio:g} | {options} |"
+            f"| {i} | {s.block} | {s.depth} | {s.width} | {s.heads} | {s.ratio_label} | {options} |"
         )
     return rows
 

@@ -18,7 +18,7 @@ def describe(name: str) -> str:
     published = presets.PUBLISHED[name]
     paper_macs = "-" if published.macs is None else f"{published.macs / 1e9:.2f}G"
     stages = " | ".join(
-        f"{s.block} x{s.depth} w{s.width} h{s.heads} r{s.mlp_ratio:g}" for s in arch.stages
+        f"{s.block} x{s.depth} w{s.width} h{s.heads} r{s.ratio_label}" for s in arch.stages
     )
     return (
         f"{name}: {arch.resolution}px, stem {arch.stem} {arch.stem_width}, head {arch.head}\n"

@@ -27,20 +27,42 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def _ratio_or_pattern(value: Any) -> float | tuple[float, ...]:
+    """One finite ratio > 0 as a float, or a non-empty pattern of them as a tuple (a pattern
+    of one is that one ratio)."""
+    ratios = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    for ratio in ratios:
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or not math.isfinite(ratio)
+            or ratio <= 0
+        ):
+            raise ValueError(
+                f"mlp_ratio must be a finite number > 0 or a list of them, got {value!r}"
+            )
+    if not ratios:
+        raise ValueError("mlp_ratio must be a number or a non-empty list, got []")
+    return float(ratios[0]) if len(ratios) == 1 else tuple(float(r) for r in ratios)
+
+
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
     """One stage: ``depth`` blocks of type ``block`` at ``width`` channels.
 
     mlp_ratio is the MLP (or IRFFN) hidden width over ``width`` for transformer blocks, and
-    ``width`` over the bottleneck width for CoT. ``options`` is the block type's options
-    dataclass, a dict of its fields, or None for its defaults.
+    ``width`` over the bottleneck width for CoT. It is one number for every block, or a pattern
+    that repeats over the blocks (``(4, 3)``: 4, 3, 4, 3 ..., as Dual-ViT-S's stage 3 does);
+    ``block_ratios`` gives each block's. The search space draws single numbers only.
+    ``options`` is the block type's options dataclass, a dict of its fields, or None for its
+    defaults.
     """
 
     block: str
     depth: int
     width: int
     heads: int = 1
-    mlp_ratio: float = 4.0
+    mlp_ratio: float | tuple[float, ...] = 4.0
     options: Any = None
 
     def __post_init__(self) -> None:
@@ -50,14 +72,7 @@ class StageSpec:
         _positive_int("heads", self.heads)
         if self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
-        if (
-            isinstance(self.mlp_ratio, bool)
-            or not isinstance(self.mlp_ratio, (int, float))
-            or not math.isfinite(self.mlp_ratio)
-            or self.mlp_ratio <= 0
-        ):
-            raise ValueError(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio!r}")
-        object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
+        object.__setattr__(self, "mlp_ratio", _ratio_or_pattern(self.mlp_ratio))
         options = self.options
         if options is None:
             options = options_type()
@@ -77,8 +92,22 @@ class StageSpec:
         object.__setattr__(self, "options", options)
         options.check(self)
 
+    @property
+    def block_ratios(self) -> tuple[float, ...]:
+        """Each block's MLP ratio, the pattern repeated over the stage's depth."""
+        pattern = self.mlp_ratio if isinstance(self.mlp_ratio, tuple) else (self.mlp_ratio,)
+        return tuple(pattern[i % len(pattern)] for i in range(self.depth))
+
+    @property
+    def ratio_label(self) -> str:
+        """The MLP ratio as text: ``4``, or ``4/3`` for a pattern."""
+        pattern = self.mlp_ratio if isinstance(self.mlp_ratio, tuple) else (self.mlp_ratio,)
+        return "/".join(f"{ratio:g}" for ratio in pattern)
+
     def to_dict(self) -> dict[str, Any]:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(self.mlp_ratio, tuple):
+            fields["mlp_ratio"] = list(self.mlp_ratio)
         fields["options"] = dataclasses.asdict(self.options)
         return fields
 
@@ -87,8 +116,8 @@ class StageSpec:
 class ArchSpec:
     """A whole network: stem, four stages, head, at input ``resolution``.
 
-    ``head_width`` is the width of the conv head's 1x1 expansion (CMT's 1280) and must be 0 for
-    the other heads.
+    ``head_width`` is the conv head's 1x1 expansion (CMT's 1280) or the class-attention head's
+    MLP hidden width (Dual-ViT-S's 896), and must be 0 for heads without one.
     """
 
     stages: tuple[StageSpec, ...]
@@ -115,7 +144,7 @@ class ArchSpec:
         STEMS.get(self.stem)
         HEADS.get(self.head)
         _positive_int("stem_width", self.stem_width)
-        if self.head == "conv":
+        if HEADS.get(self.head).has_width:
             _positive_int("head_width", self.head_width)
         elif self.head_width != 0:
             raise ValueError(

@@ -98,20 +98,23 @@ def cotnet_50() -> ArchSpec:
 
 def dualvit_s() -> ArchSpec:
     """Dual blocks in stages 1-2, Merge blocks in 3-4, semantic tokens pooled by 7 (64 at
-    224px). The official stage 3
-    alternates MLP ratios 4 and 3; 3.5 is their average and gives the same size and MACs."""
+    224px). As in the official code, stage 3's blocks alternate MLP ratios 4 and 3, and the
+    class-attention head's MLP is 2 x 448 wide (its own ratio, the last of
+    ``mlp_ratios = [8, 8, 4, 3, 2]``)."""
     table = (
         # depth, width, heads, mlp_ratio, mode
         (3, 64, 2, 8.0, "dual"),
         (4, 128, 4, 8.0, "dual"),
-        (6, 320, 10, 3.5, "merge"),
+        (6, 320, 10, (4.0, 3.0), "merge"),
         (3, 448, 14, 3.0, "merge"),
     )
     stages = tuple(
         StageSpec("dual", depth, width, heads, ratio, DualOptions(pool=7, mode=mode))
         for depth, width, heads, ratio, mode in table
     )
-    return ArchSpec(stages, 224, stem="dual", stem_width=32, head="class_attention", head_width=0)
+    return ArchSpec(
+        stages, 224, stem="dual", stem_width=32, head="class_attention", head_width=2 * 448
+    )
 
 
 def aewin_t() -> ArchSpec:

@@ -89,7 +89,7 @@ def test_mixed_stages_and_dual_makes_tokens_when_none_flow_in() -> None:
         StageSpec("dual", 1, 96, 3, 2.0, dual),
         StageSpec("dual", 1, 128, 4, 2.0, dual),
     )
-    arch = ArchSpec(stages, 64, stem="cmt", stem_width=16, head="class_attention", head_width=0)
+    arch = ArchSpec(stages, 64, stem="cmt", stem_width=16, head="class_attention", head_width=64)
     model = build_model(arch, num_classes=5)
     assert isinstance(model.stages[0].tokens, SemanticTokens)
     assert isinstance(model.stages[2].tokens, SemanticTokens)  # a cot stage dropped them
