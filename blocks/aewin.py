@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from blocks.attention import attend
 from blocks.formulas import Cost, attention, conv, linear, norm, per_ratio
-from blocks.layers import DropPath, LayerNorm2d, Transition, pad_to_multiple
+from blocks.layers import DepthwiseConv2d, DropPath, LayerNorm2d, Transition, pad_to_multiple
 from blocks.registry import (
     BLOCKS,
     HEADS,
@@ -134,18 +134,30 @@ class PatchStem(nn.Module):
         return self.norm(self.conv(pad_to_multiple(x, 4, 4)))
 
 
-@functools.lru_cache(maxsize=64)
-def relative_index(window: int, height: int, width: int) -> Tensor:
+# The helpers below depend only on shapes: each is built once per (shape, device), on that
+# device, so that a forward pass never copies from the host (nor waits for it on a GPU).
+
+
+@functools.lru_cache(maxsize=256)
+def relative_index(
+    window: int, height: int, width: int, device: torch.device | str = "cpu"
+) -> Tensor:
     """Index into the ((2M-1)^2, heads) table of each (query, key) pair of an H x W window."""
-    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
     coords = torch.stack([rows.flatten(), cols.flatten()])  # (2, N)
     delta = coords[:, :, None] - coords[:, None, :] + (window - 1)
     return delta[0] * (2 * window - 1) + delta[1]  # (N, N)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def window_mask(
-    height: int, width: int, window: tuple[int, int], shift: tuple[int, int]
+    height: int,
+    width: int,
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    device: torch.device | str = "cpu",
 ) -> Tensor | None:
     """Additive mask (windows, N, N) for a rolled, padded map, or None when nothing is masked.
 
@@ -158,7 +170,7 @@ def window_mask(
         return None
 
     def labels(size: int, padded: int, win: int, s: int) -> tuple[Tensor, Tensor]:
-        pos = torch.arange(padded)
+        pos = torch.arange(padded, device=device)
         region = (pos >= padded - win).long() + (pos >= padded - s).long() if s else pos * 0
         return region, (pos + s) % padded >= size
 
@@ -175,6 +187,20 @@ def window_mask(
     return masked.float() * MASKED
 
 
+@functools.lru_cache(maxsize=256)
+def stripe_mask(
+    height: int, rows: int, width: int, device: torch.device | str = "cpu"
+) -> Tensor | None:
+    """Additive mask (stripes, 1, 1, rows * W) of the padded rows of an H x W map cut into
+    stripes of ``rows`` rows, or None when the stripes divide the map."""
+    pad = -height % rows
+    if not pad:
+        return None
+    padded = torch.arange(height + pad, device=device) >= height  # (H + pad,)
+    keys = padded[:, None].expand(height + pad, width).reshape(-1, 1, 1, rows * width)
+    return keys.float() * MASKED
+
+
 class AxialWindowAttention(nn.Module):
     """Horizontal-stripe, vertical-stripe and window heads in parallel on split channels.
     Maps (B, H, W, C) to itself."""
@@ -188,11 +214,7 @@ class AxialWindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.lepe = nn.ModuleDict(
-            {
-                g.kind: nn.Conv2d(g.channels, g.channels, 3, padding=1, groups=g.channels)
-                for g in self.groups
-                if g.kind != "window"
-            }
+            {g.kind: DepthwiseConv2d(g.channels) for g in self.groups if g.kind != "window"}
         )
         window_heads = [g.heads for g in self.groups if g.kind == "window"]
         if window_heads:
@@ -246,10 +268,7 @@ class AxialWindowAttention(nn.Module):
             t = F.pad(t, (0, 0, 0, 0, 0, pad))
             return t.reshape(b, n_stripes, rows * w, heads, c // heads).transpose(2, 3)
 
-        bias = None
-        if pad:
-            padded = (torch.arange(h + pad, device=q.device) >= h).repeat_interleave(w)
-            bias = (padded.view(n_stripes, 1, 1, rows * w).to(q.dtype)) * MASKED
+        bias = stripe_mask(h, rows, w, q.device)
         out = attend(split(q), split(k), split(v), bias)  # (B, S, heads, rows*W, d)
         out = out.transpose(2, 3).reshape(b, h + pad, w, c)
         return out[:, :h]
@@ -268,11 +287,11 @@ class AxialWindowAttention(nn.Module):
             t = t.reshape(b, hp // wh, wh, wp // ww, ww, heads, c // heads)
             return t.permute(0, 1, 3, 5, 2, 4, 6).reshape(b, -1, heads, wh * ww, c // heads)
 
-        index = relative_index(self.window, wh, ww).to(q.device)
+        index = relative_index(self.window, wh, ww, q.device)
         bias = self.bias_table[index].permute(2, 0, 1)  # (heads, N, N)
-        mask = window_mask(h, w, (wh, ww), shift)
+        mask = window_mask(h, w, (wh, ww), shift, q.device)
         if mask is not None:
-            bias = bias + mask.to(q.device)[:, None]  # (windows, heads, N, N)
+            bias = bias + mask[:, None]  # (windows, heads, N, N)
         out = attend(split(q), split(k), split(v), bias)  # (B, windows, heads, N, d)
         out = out.view(b, hp // wh, wp // ww, heads, wh, ww, c // heads)
         out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)

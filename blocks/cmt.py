@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from blocks.attention import attend, merge_heads, split_heads
 from blocks.formulas import Cost, attention, conv, linear, norm, per_ratio
 from blocks.layers import (
+    DepthwiseConv2d,
     DropPath,
     LayerNorm2d,
     Transition,
@@ -116,7 +117,7 @@ class LocalPerceptionUnit(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.conv = DepthwiseConv2d(dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv(x)
@@ -162,7 +163,7 @@ class InvertedResidualFFN(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.expand = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.BatchNorm2d(hidden))
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.dwconv = DepthwiseConv2d(hidden)
         self.act = nn.Sequential(nn.GELU(), nn.BatchNorm2d(hidden))
         self.reduce = nn.Sequential(nn.Conv2d(hidden, dim, 1), nn.BatchNorm2d(dim))
 

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from blocks.attention import attend, merge_heads, split_heads
 from blocks.formulas import Cost, attention, conv, linear, norm, per_ratio
-from blocks.layers import DropPath, Transition, map_to_tokens, tokens_to_map
+from blocks.layers import DepthwiseConv2d, DropPath, Transition, map_to_tokens, tokens_to_map
 from blocks.registry import (
     BLOCKS,
     HEADS,
@@ -172,7 +172,7 @@ class PixelFFN(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.dwconv = DepthwiseConv2d(hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
     @staticmethod

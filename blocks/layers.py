@@ -8,13 +8,16 @@ stage i at input resolution r is ``stage_size(r, i)`` whatever stem or block typ
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.formulas import Cost, conv, norm
 
 __all__ = [
+    "DepthwiseConv2d",
     "DropPath",
     "LayerNorm2d",
     "Transition",
@@ -58,6 +61,62 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class _TinyDepthwise(torch.autograd.Function):
+    """A depthwise convolution (stride 1, zero padding ``padding``) whose backward is written
+    out: the input's gradient is the convolution of the output's gradient with the flipped
+    kernel, the kernel's gradient one product-sum per tap. Same arithmetic as the library's;
+    used where oneDNN's depthwise backward is slow (maps no larger than twice the padding)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        pad, kernel, channels = ctx.padding, weight.shape[-1], x.shape[1]
+        grad_x = F.conv2d(
+            grad, weight.flip(-1, -2), None, padding=kernel - 1 - pad, groups=channels
+        )
+        padded, (h, w) = F.pad(x, (pad, pad, pad, pad)), grad.shape[-2:]
+        taps = [
+            (grad * padded[:, :, i : i + h, j : j + w]).sum(dim=(0, 2, 3))
+            for i in range(kernel)
+            for j in range(kernel)
+        ]
+        grad_weight = torch.stack(taps, dim=1).view_as(weight)
+        grad_bias = grad.sum(dim=(0, 2, 3)) if ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise k x k convolution that keeps the map's size (padding k // 2).
+
+    On the CPU, maps no larger than twice the padding (2x2 and 1x1 for k = 3: the last stages
+    of a small proxy input) train through a written-out backward with the same arithmetic:
+    oneDNN's depthwise backward is 10-15x slower there. Everywhere else, and whenever no
+    gradient is taken (evaluation, fvcore's trace), it is ``nn.Conv2d``.
+    """
+
+    def __init__(self, channels: int, kernel: int = 3, *, bias: bool = True) -> None:
+        super().__init__(
+            channels, channels, kernel, padding=kernel // 2, groups=channels, bias=bias
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = self.padding[0]
+        if (
+            x.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and max(x.shape[-2:]) <= 2 * pad
+            and not torch.jit.is_tracing()
+        ):
+            return _TinyDepthwise.apply(x, self.weight, self.bias, pad)
+        return super().forward(x)
 
 
 class DropPath(nn.Module):

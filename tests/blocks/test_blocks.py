@@ -12,6 +12,7 @@ from blocks.aewin import AEWinOptions, AxialWindowAttention, window_mask
 from blocks.cmt import CMTOptions
 from blocks.cot import CoTLayer, CoTOptions
 from blocks.dualvit import DualOptions, SemanticTokens
+from blocks.layers import DepthwiseConv2d
 from space.genotype import ArchSpec, StageSpec
 
 SMALL_OPTIONS = {
@@ -166,3 +167,21 @@ def test_window_mask_is_none_when_nothing_is_masked() -> None:
     mask = window_mask(14, 14, (7, 7), (3, 3))
     assert mask is not None and mask.shape == (4, 49, 49)
     assert (mask[0] == 0).all()  # the first rolled window holds one region only
+
+
+@pytest.mark.parametrize(("side", "kernel"), [(1, 3), (2, 3), (2, 5), (4, 5), (5, 3)])
+def test_depthwise_conv_trains_exactly_like_the_library_conv(side: int, kernel: int) -> None:
+    """Small maps take the written-out backward on the CPU; output and every gradient equal
+    ``nn.Conv2d``'s (float64)."""
+    ours = DepthwiseConv2d(6, kernel).double()
+    reference = torch.nn.Conv2d(6, 6, kernel, padding=kernel // 2, groups=6).double()
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, side, side, dtype=torch.float64)
+    grads = []
+    for conv in (ours, reference):
+        image = x.clone().requires_grad_()
+        out = conv(image)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append((out, image.grad, conv.weight.grad, conv.bias.grad))
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
