@@ -1,24 +1,29 @@
 """Proxy training: a short training that scores a candidate architecture.
 
-The model is built for the proxy input (``build_model(arch, resolution=...)``; the genotype's
+The model is built for the proxy input (``build_model(arch, resolution=...)``: the genotype's
 blocks, widths and depths are unchanged, only position tables and token grids are sized for the
-smaller maps). Images are resized to it in batches
-(small images upsampled), lightly augmented (random shifts of an eighth of the side; horizontal
-flips for natural images), and trained with AdamW, a linear warm-up and cosine decay, and label
-smoothing. Validation top-1 is measured after every epoch. Model and images are channels_last
-and AdamW is the fused kernel on every device (both faster than the defaults on the CPU too;
-README). The same code runs on CUDA with mixed precision (bfloat16 where supported, else float16
-with loss scaling); on the CPU it is deterministic for a seed.
+smaller maps). In-memory datasets move to the training device once; images are resized there
+in batches (small images upsampled) and lightly augmented (random shifts of an eighth of the
+side; horizontal flips for natural images) with a generator on the device. Every training batch
+has the same size (an epoch's last, partial batch is dropped). Training uses AdamW, a linear
+warm-up and cosine decay, and label smoothing; validation top-1 is measured after every epoch.
+Model and images are channels_last and AdamW is the fused kernel on every device (both faster
+than the defaults on the CPU too; README). The same code runs on CUDA with mixed precision
+(bfloat16 where supported, else float16 with loss scaling); on the CPU it is deterministic for
+a seed.
 
 A NaN or infinite loss or running out of memory ends that training with a failed
 ``ProxyResult`` that says why; it never raises. A training that would not fit in the device's
-memory (``search.memory``) fails before anything is allocated. An exception raised by the
+memory (``search.memory``) fails before anything is allocated. A training that ends below 1.5 x
+chance has learnt nothing (it "collapsed"): its result is failed too, with its accuracy and the
+reason, so that it is never ranked as the architecture's accuracy. An exception raised by the
 ``report`` callback (an Optuna pruner's ``TrialPruned``, say) is not caught.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -32,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from blocks import build_model
 from search.data import ImageData, ImageTensorDataset
+from search.graphs import GraphedStep, can_capture
 from search.memory import available_bytes, training_bytes
 from space.genotype import ArchSpec
 
@@ -45,6 +51,7 @@ __all__ = [
 ]
 
 MIN_PROXY_RESOLUTION = 16  # stage maps of 4, 2, 1, 1
+COLLAPSED = 1.5  # a training ending below 1.5 x chance has learnt nothing: it is not ranked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +65,7 @@ class ProxySettings:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
+    warmup_fraction: float = 0.3
     label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
@@ -103,33 +110,67 @@ class TrainingFailed(Exception):
     """Raised inside ``train`` to end a training that cannot go on (NaN loss)."""
 
 
-def _batches(
-    data: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    generator: torch.Generator,
-    device: torch.device,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """(uint8 images, labels) batches; in-memory sets are indexed directly, others loaded."""
-    if isinstance(data, ImageTensorDataset):
-        n = len(data)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield data.images[idx].to(device), data.labels[idx].to(device)
-        return
-    workers = min(4, torch.get_num_threads())
-    loader = DataLoader(
-        data,
-        batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
-    for images, labels in loader:
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+class _Source:
+    """A dataset as batches of (uint8 images, labels) on the training device. An in-memory set
+    moves to the device once and is shuffled and indexed there; others are read by a
+    DataLoader. Training batches all have one size (the last, partial batch of an epoch is
+    dropped; a set smaller than a batch is one batch)."""
+
+    def __init__(self, data: Dataset, device: torch.device) -> None:
+        self.data, self.device = data, device
+        self.natural = getattr(data, "natural", False)
+        self.images = self.labels = None
+        if isinstance(data, ImageTensorDataset):
+            self.images, self.labels = data.images.to(device), data.labels.to(device)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch_size(self, wanted: int) -> int:
+        return min(wanted, len(self))
+
+    def steps(self, wanted: int) -> int:
+        """Training steps per epoch at batch size ``wanted``."""
+        return len(self) // self.batch_size(wanted)
+
+    def batches(
+        self, wanted: int, *, train: bool, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """An epoch of batches, shuffled by ``generator`` (on the data's device) for training."""
+        size = self.batch_size(wanted)
+        if self.images is not None:
+            n = len(self.images)
+            if train:
+                order = torch.randperm(n, generator=generator, device=self.device)
+            else:
+                order = torch.arange(n, device=self.device)
+            stop = n - n % size if train else n
+            for start in range(0, stop, size):
+                idx = order[start : start + size]
+                yield self.images[idx], self.labels[idx]
+            return
+        loader = DataLoader(
+            self.data,
+            size,
+            shuffle=train,
+            drop_last=train,
+            generator=_loader_generator(generator) if train else None,
+            num_workers=min(4, torch.get_num_threads()),
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, labels in loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
+
+
+def _loader_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """A DataLoader shuffles on the CPU: a CPU generator seeded from ``generator``."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator().manual_seed(seed)
 
 
 def _prepare(
@@ -149,7 +190,7 @@ def _prepare(
     if augment:
         x = _random_shift(x, max(1, resolution // 8), generator)
         if flips:
-            flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+            flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return ((x - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
 
@@ -157,7 +198,7 @@ def _prepare(
 def _random_shift(x: Tensor, pad: int, generator: torch.Generator | None) -> Tensor:
     """Shift each image by up to ``pad`` pixels each way (zero fill): pad, then crop."""
     b, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=x.device)
     rows = (offsets[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (offsets[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     padded = F.pad(x, (pad, pad, pad, pad))
@@ -167,32 +208,21 @@ def _random_shift(x: Tensor, pad: int, generator: torch.Generator | None) -> Ten
 
 
 def _evaluate(
-    model: nn.Module,
-    val: Dataset,
-    settings: ProxySettings,
-    device: torch.device,
-    amp: torch.dtype | None,
+    model: nn.Module, val: _Source, settings: ProxySettings, amp: torch.dtype | None
 ) -> float:
+    """Validation top-1 (counted on the device, read once)."""
     model.eval()
-    correct, total = 0, 0
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        for images, labels in _batches(
-            val, 256, shuffle=False, generator=torch.Generator(), device=device
-        ):
+    correct = torch.zeros((), dtype=torch.long, device=val.device)
+    with torch.no_grad(), torch.autocast(val.device.type, dtype=amp, enabled=amp is not None):
+        for images, labels in val.batches(256, train=False):
             x = _prepare(images, settings.resolution, augment=False, flips=False, generator=None)
-            correct += int((model(x).argmax(dim=1) == labels).sum())
-            total += len(labels)
+            correct += (model(x).argmax(dim=1) == labels).sum()
     model.train()
-    return correct / max(total, 1)
+    return int(correct) / max(len(val), 1)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def _check_finite(loss: Tensor, epoch: int) -> None:
-    if not torch.isfinite(loss):
-        raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -225,16 +255,28 @@ class _Run(NamedTuple):
     amp: torch.dtype | None
 
 
+def _amp(dev: torch.device) -> torch.dtype | None:
+    """The autocast type: bfloat16 on CUDA where supported, else float16; none on the CPU."""
+    if dev.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def _setup(
-    arch: ArchSpec, num_classes: int, steps: int, settings: ProxySettings, dev: torch.device
+    arch: ArchSpec,
+    num_classes: int,
+    steps: int,
+    settings: ProxySettings,
+    dev: torch.device,
+    *,
+    capture: bool,
 ) -> _Run:
     """The model built for the proxy input, AdamW (no decay on biases and norms), a linear
-    warm-up then cosine decay over ``steps``, and mixed precision on CUDA."""
+    warm-up then cosine decay over ``steps``, and mixed precision on CUDA. ``capture`` makes
+    the optimiser capturable (a CUDA graph replays its step; ``search.graphs``)."""
     model = build_model(arch, num_classes, resolution=settings.resolution)
     model = model.to(dev, memory_format=torch.channels_last)
-    amp = None
-    if dev.type == "cuda":
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp = _amp(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -243,8 +285,9 @@ def _setup(
             {"params": decay, "weight_decay": settings.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
-        lr=settings.lr,
+        lr=torch.tensor(settings.lr, device=dev) if capture else settings.lr,
         fused=True,
+        capturable=capture,
     )
     warmup = max(1, round(steps * settings.warmup_fraction))
     schedule = torch.optim.lr_scheduler.SequentialLR(
@@ -258,40 +301,50 @@ def _setup(
     return _Run(model, optimizer, schedule, scaler, dev, amp)
 
 
+def _step(run: _Run, x: Tensor, labels: Tensor, settings: ProxySettings) -> Tensor:
+    """One optimisation step; returns the (detached) loss, without reading it."""
+    with torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None):
+        loss = F.cross_entropy(run.model(x), labels, label_smoothing=settings.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.schedule.step()
+    return loss.detach()
+
+
 def _train_epoch(
     run: _Run,
-    train_set: Dataset,
+    step: Callable[[Tensor, Tensor], Tensor],
+    source: _Source,
     settings: ProxySettings,
     epoch: int,
     generator: torch.Generator,
     bar: Any,
 ) -> int:
-    """One epoch of training; returns the number of images seen. Raises ``TrainingFailed`` on
-    a non-finite loss (checked every step on the CPU, every few steps on CUDA, where reading
-    the loss waits for the GPU, and at the epoch's end)."""
-    flips = getattr(train_set, "natural", False)
-    check_every = 1 if run.device.type == "cpu" else 16
-    seen = 0
-    batches = _batches(
-        train_set, settings.batch_size, shuffle=True, generator=generator, device=run.device
-    )
-    for step, (images, labels) in enumerate(batches):
-        x = _prepare(images, settings.resolution, augment=True, flips=flips, generator=generator)
-        with torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None):
-            loss = F.cross_entropy(run.model(x), labels, label_smoothing=settings.label_smoothing)
-        if step % check_every == 0:
-            _check_finite(loss, epoch)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.schedule.step()
+    """One epoch of training; returns the number of images seen. A non-finite loss raises
+    ``TrainingFailed``: on the CPU at once, on CUDA at the epoch's end (reading the loss would
+    make the host wait for the GPU at every step)."""
+    on_cpu = run.device.type == "cpu"
+    nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
+    seen, loss = 0, None
+    for images, labels in source.batches(settings.batch_size, train=True, generator=generator):
+        x = _prepare(
+            images, settings.resolution, augment=True, flips=source.natural, generator=generator
+        )
+        loss = step(x, labels)
+        nonfinite |= ~torch.isfinite(loss)
+        if on_cpu and nonfinite:
+            raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
         seen += len(labels)
         if bar is not None:
             bar.update(1)
-            if step % check_every == 0:
+            if on_cpu:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    _check_finite(loss, epoch)  # NaN weights stay NaN: the epoch's last loss tells
+    if nonfinite:
+        raise TrainingFailed(f"the loss became non-finite (nan or inf) in epoch {epoch + 1}")
+    if bar is not None and loss is not None:
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return seen
 
 
@@ -304,29 +357,31 @@ def train(
     device: str = "cpu",
     report: Callable[[int, float], None] | None = None,
     progress: bool | None = None,
+    cuda_graphs: bool = True,
 ) -> ProxyResult:
     """Train ``arch`` on ``data`` with the recipe ``settings``; see the module docstring.
 
     ``report(epoch, accuracy)`` is called after every epoch (for pruning); ``progress`` shows a
-    tqdm bar (default: when standard error is a terminal).
+    tqdm bar (default: when standard error is a terminal); ``cuda_graphs`` captures the
+    training step on CUDA (``search.graphs``).
     """
     dev = resolve_device(device)
-    train_set, val_set, num_classes, _ = data
     start = time.perf_counter()
     seen, accuracies = 0, []
-    steps = settings.epochs * math.ceil(len(train_set) / settings.batch_size)
     bar = None
-    shortfall = _memory_shortfall(arch, num_classes, settings, dev)
+    shortfall = _memory_shortfall(arch, data.num_classes, settings, dev)
     if shortfall:
         return _failed(shortfall, accuracies, start, seen)
     try:
         torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        run = _setup(arch, num_classes, steps, settings, dev)
+        generator = torch.Generator(device=dev).manual_seed(seed)
+        train_set, val_set = _Source(data.train, dev), _Source(data.val, dev)
+        steps = settings.epochs * train_set.steps(settings.batch_size)
+        run, step = _stepper(arch, data.num_classes, steps, settings, dev, cuda_graphs)
         bar = _progress_bar(steps, arch, progress)
         for epoch in range(settings.epochs):
-            seen += _train_epoch(run, train_set, settings, epoch, generator, bar)
-            accuracies.append(_evaluate(run.model, val_set, settings, dev, run.amp))
+            seen += _train_epoch(run, step, train_set, settings, epoch, generator, bar)
+            accuracies.append(_evaluate(run.model, val_set, settings, run.amp))
             if bar is not None:
                 bar.set_postfix(val=f"{accuracies[-1]:.3f}")
             if report is not None:
@@ -343,7 +398,34 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - start
+    return _finished(accuracies, time.perf_counter() - start, seen, data.num_classes)
+
+
+def _stepper(
+    arch: ArchSpec,
+    num_classes: int,
+    steps: int,
+    settings: ProxySettings,
+    dev: torch.device,
+    cuda_graphs: bool,
+) -> tuple[_Run, Callable[[Tensor, Tensor], Tensor]]:
+    """The training state and its step function: eager, or captured and replayed on CUDA."""
+    capture = cuda_graphs and can_capture(dev, _amp(dev))
+    run = _setup(arch, num_classes, steps, settings, dev, capture=capture)
+    step = functools.partial(_step, run, settings=settings)
+    return run, GraphedStep(run, settings.label_smoothing, step) if capture else step
+
+
+def _finished(accuracies: list[float], seconds: float, seen: int, num_classes: int) -> ProxyResult:
+    """The result of a training that ran to its end: failed ("collapsed") when its last
+    accuracy is below ``COLLAPSED`` x chance, so that it is never ranked."""
+    chance = 1 / num_classes
+    if accuracies[-1] < COLLAPSED * chance:
+        reason = (
+            f"collapsed: {accuracies[-1]:.1%} validation top-1 after the last epoch, chance is "
+            f"{chance:.1%}"
+        )
+        return ProxyResult(accuracies[-1], tuple(accuracies), seconds, seen / seconds, True, reason)
     return ProxyResult(accuracies[-1], tuple(accuracies), seconds, seen / seconds)
 
 
