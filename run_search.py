@@ -1,12 +1,15 @@
-"""Search a hybrid backbone within a MAC budget, scale it into a Ti/XS/S/B family, and report.
+"""Search a hybrid backbone within a MAC budget, scale it into a Ti/XS/S/B family, train it
+and the published CMT family under the same proxy, and report which is more accurate per MAC.
 
     python run_search.py --budget 4GFLOPs                  # the embedded dataset, this machine
     python run_search.py --budget 600M --trials 30 --out runs/small
     python run_search.py --data cifar10:~/data --backend ray --gpus-per-trial 0.25 --trials 200
+    python run_search.py --scaling cmt --baselines none    # the search and the family only
     python run_search.py --out runs/small --report-only    # rebuild the reports, no training
 
-Rerunning a command with the same --out resumes the search where it stopped. Errors in the
-options print one line and exit with status 2, before anything in the run folder is touched.
+The run is a pipeline (search, scaling, family, baselines, noise; ``search.pipeline``).
+Rerunning a command with the same --out resumes where it stopped. Errors in the options print
+one line and exit with status 2, before anything in the run folder is touched.
 """
 
 from __future__ import annotations
@@ -33,9 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     """One option per setting of ``SearchConfig``, and the run's actions."""
     parser = Parser(prog="run_search.py", description=__doc__.splitlines()[0])
     add_options(parser)
-    parser.add_argument(
-        "--train-family", action="store_true", help="also proxy-train the Ti/XS/S/B variants"
-    )
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild the reports of --out without training"
     )
@@ -67,50 +67,10 @@ def check_folder(config: SearchConfig) -> None:
             )
 
 
-def train_family(config: SearchConfig, family: dict) -> dict[str, float]:
-    """Proxy-train every variant; the proxy resolution scales with the variant's input size."""
-    from search import data as datasets
-    from search import proxy
-
-    data = datasets.load(config.data)
-    accuracies = {}
-    base = family["S"].resolution
-    for variant, arch in family.items():
-        side = max(32, 8 * round(config.proxy.resolution * arch.resolution / base / 8))
-        settings = dataclasses.replace(config.proxy, resolution=side)
-        result = proxy.train(arch, data, settings, seed=config.seed, device=config.device)
-        outcome = f"failed: {result.reason}" if result.failed else f"{result.accuracy:.1%}"
-        print(f"  {variant}: {outcome} ({side}px proxy)")
-        if not result.failed:
-            accuracies[variant] = result.accuracy
-    return accuracies
-
-
-def previous_family_accuracies(out: Path, family: dict) -> dict[str, float] | None:
-    """Accuracies of an earlier --train-family, kept when the family is unchanged."""
-    import pandas as pd
-
-    from space.genotype import ArchSpec
-
-    table = out / "family.csv"
-    if not table.exists():
-        return None
-    rows = pd.read_csv(table)
-    kept = {}
-    for row in rows.itertuples():
-        saved = out / "family" / f"{row.variant}.json"
-        if (
-            pd.notna(row.accuracy)
-            and saved.exists()
-            and ArchSpec.from_json(saved.read_text()) == family[row.variant]
-        ):
-            kept[row.variant] = float(row.accuracy)
-    return kept or None
-
-
 def prepare(args: argparse.Namespace) -> SearchConfig:
     """The run's configuration, every option checked before the run folder is touched."""
     from search import data as datasets
+    from search.backends import check_versions
     from search.proxy import resolve_device
     from space.sampling import check_budget
 
@@ -124,6 +84,7 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
             # The folder may have been moved since the search: its reports go where it is now.
             return dataclasses.replace(SearchConfig.from_json(saved.read_text()), out=args.out)
         config = from_options(args)
+        check_versions(config.backend)
         check_budget(config.budget_macs, config.resolution)
         if config.backend == "optuna" or config.gpus_per_trial == 0:
             resolve_device(config.device)  # on a Ray cluster the GPUs may be elsewhere
@@ -134,53 +95,80 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
     return config
 
 
+class Progress:
+    """What the run shows while it works: a bar for the search's trials ("search"), then one
+    for the trainings after it ("scaling, family, baselines, noise"), each with its count, the
+    time that remains and what trains now."""
+
+    def __init__(self, trials: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.tqdm, self.trials, self.bar, self.phase = tqdm, trials, None, None
+
+    def _open(self, phase: str, total: int, unit: str) -> None:
+        self.close()
+        self.phase = phase
+        self.bar = self.tqdm(total=total, desc=phase, unit=unit, dynamic_ncols=True)
+
+    def on_trial(self, finished: int, best: float | None) -> None:
+        if self.phase != "search":
+            self._open("search", self.trials, "trial")
+        self.bar.update(finished - self.bar.n)
+        self.bar.set_postfix_str("best accuracy " + ("-" if best is None else f"{best:.1%}"))
+
+    def on_step(self, done: int, total: int, running: list[str]) -> None:
+        if self.phase != "after":
+            self._open("after", total, "training")
+            self.bar.set_description("scaling, family, baselines, noise")
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str("; ".join(running) or "done")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+
+
 def run(args: argparse.Namespace) -> None:
     import optuna
-    from tqdm.auto import tqdm
 
-    import search
-    from reports.report import best_family, write_reports
-    from reports.tables import best_within_budget
+    from reports.report import write_reports
+    from search import pipeline
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
     config = prepare(args)
-    if args.report_only:
-        try:
-            trials = search.trial_table(config)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-    else:
+    progress = Progress(config.trials)
+    if not args.report_only:
         Path(config.out).mkdir(parents=True, exist_ok=True)
         (Path(config.out) / "config.json").write_text(config.to_json() + "\n")
+        baselines = config.baselines if config.baselines != "none" else "no baselines"
         print(
-            f"searching {config.trials} trials within {config.budget} at {config.resolution}px on "
-            f"{config.data} ({config.backend}); run folder {config.out}"
+            f"searching {config.trials} trials within {config.budget} at {config.resolution}px "
+            f"on {config.data} ({config.backend}), then scaling ({config.scaling}), the family, "
+            f"{baselines} and the noise; run folder {config.out}"
         )
-        bar = tqdm(total=config.trials, unit="trial", dynamic_ncols=True)
-
-        def on_trial(finished: int, best: float | None) -> None:
-            bar.update(finished - bar.n)
-            bar.set_postfix_str("best accuracy " + ("-" if best is None else f"{best:.1%}"))
-
-        trials = search.run(config, on_trial)
-        bar.close()
-    family = best_family(trials, config.budget_macs)
-    accuracies = None
-    if family is not None:
-        accuracies = previous_family_accuracies(Path(config.out), family)
-        if args.train_family and not args.report_only:
-            print("proxy-training the family:")
-            accuracies = train_family(config, family)
-    write_reports(config.out, config, trials, accuracies)
-    best = best_within_budget(trials, config.budget_macs)
+    try:
+        results = pipeline.run(
+            config,
+            on_trial=progress.on_trial,
+            on_step=progress.on_step,
+            report_only=args.report_only,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        progress.close()
+    write_reports(config.out, config, results)
+    best = results.best
     if best is None:
         print("no trial completed within the budget")
     else:
         print(
-            f"best within budget: trial {int(best.number)} ({best.blocks}), "
+            f"S, the best within budget: trial {int(best.number)} ({best.blocks}), "
             f"{best.accuracy:.1%} proxy top-1, {best.macs / 1e9:.3f} GMACs, "
-            f"{best.params / 1e6:.2f}M params"
+            f"{best.params / 1e6:.2f}M params; coefficients "
+            + ", ".join(f"{c:g}" for c in results.coefficients)
         )
     print(f"report: {Path(config.out) / 'report.md'}")
 

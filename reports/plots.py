@@ -10,12 +10,14 @@ import matplotlib
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from reports.tables import ParetoData
+from reports.tables import ParetoData, TradeoffData
 
-__all__ = ["plot_family", "plot_pareto", "save"]
+__all__ = ["plot_pareto", "plot_tradeoff", "save"]
 
 
+PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 0.5, 2, 40 rather than 5x10^-1
 MAX_NAMED_MIXES = 12  # block mixes named in the Pareto plot's legend; the rest are grey
 
 
@@ -85,44 +87,110 @@ def plot_pareto(data: ParetoData, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def plot_family(table: pd.DataFrame, axes: tuple[Axes, Axes] | None = None) -> tuple[Axes, Axes]:
-    """The Ti/XS/S/B family: GMACs and parameters by variant, the published CMT family beside."""
+def plot_tradeoff(data: TradeoffData, axes: tuple[Axes, Axes] | None = None) -> tuple[Axes, Axes]:
+    """Proxy accuracy against GMACs and against parameters (log axes): every trial faint, the
+    search's front as a step line, the searched family Ti -> XS -> S -> B and CMT's family as
+    lines, other presets as labelled points, the budget as a vertical line; one legend below."""
     if axes is None:
-        figure = Figure(figsize=(10, 4.5))
+        figure = Figure(figsize=(13, 5.5))
         axes = (figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2))
-    x = range(len(table))
-    labels = [f"{v}\n{r}px" for v, r in zip(table.variant, table.resolution, strict=True)]
-    for ax, ours, theirs, unit, scale in (
-        (axes[0], "macs", "cmt_macs", "GMACs (multiply-accumulates)", 1e9),
-        (axes[1], "params", "cmt_params", "parameters (millions)", 1e6),
-    ):
-        ax.bar(
-            [i - 0.2 for i in x],
-            table[ours] / scale,
-            width=0.4,
-            label="searched family",
-            color="tab:blue",
-        )
-        ax.bar(
-            [i + 0.2 for i in x],
-            table[theirs] / scale,
-            width=0.4,
-            label="published CMT",
-            color="lightgrey",
-        )
-        for i, value in zip(x, table[ours] / scale, strict=True):
-            ax.annotate(f"{value:.2f}", (i - 0.2, value), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(list(x), labels)
-        ax.set_ylabel(unit)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_title("MACs by variant")
-    axes[1].set_title("Parameters by variant")
+    _tradeoff_panel(axes[0], data, "macs", 1e9)
+    _tradeoff_panel(axes[1], data, "params", 1e6)
+    axes[0].axvline(data.budget_macs / 1e9, color="crimson", linestyle="--", label="budget")
+    axes[0].set_xlabel("GMACs (multiply-accumulates) at each model's own input")
+    axes[1].set_xlabel("parameters (millions)")
+    axes[0].set_ylabel("proxy validation top-1")
+    axes[0].set_title("Proxy accuracy against MACs")
+    axes[1].set_title("Proxy accuracy against parameters")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].figure.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=len(labels),
+        fontsize=9,
+        bbox_to_anchor=(0.5, -0.04),
+        frameon=False,
+    )
     return axes
 
 
+def _tradeoff_panel(ax: Axes, data: TradeoffData, column: str, scale: float) -> None:
+    ax.scatter(
+        data.trials[column] / scale,
+        data.trials.accuracy,
+        s=14,
+        color="lightgrey",
+        label="search trials",
+        zorder=1,
+    )
+    if column == "macs" and not data.front.empty:
+        front = data.front.macs / scale
+        ax.step(
+            front,
+            data.front.accuracy,
+            where="post",
+            color="grey",
+            linewidth=1,
+            label="search front",
+            zorder=2,
+        )
+    _family_line(ax, data.family, column, scale, "variant", "tab:blue", "searched family")
+    _family_line(ax, data.cmt, column, scale, "preset", "tab:orange", "CMT family")
+    known = data.others[data.others.accuracy.notna()]
+    if not known.empty:
+        ax.scatter(
+            known[column] / scale,
+            known.accuracy,
+            marker="s",
+            color="tab:green",
+            label="other presets",
+            zorder=4,
+        )
+    for row in known.itertuples():
+        ax.annotate(
+            row.preset,
+            (getattr(row, column) / scale, row.accuracy),
+            fontsize=8,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(PLAIN)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3, which="both")
+
+
+def _family_line(
+    ax: Axes, table: pd.DataFrame, column: str, scale: float, name: str, colour: str, label: str
+) -> None:
+    """A family as a line through its trained members, each labelled (Ti, cmt_ti, ...)."""
+    known = table[table.accuracy.notna()].sort_values("macs")
+    if known.empty:
+        return
+    ax.plot(
+        known[column] / scale,
+        known.accuracy,
+        marker="o",
+        color=colour,
+        label=label,
+        linewidth=1.8,
+        zorder=3,
+    )
+    for row in known.itertuples():
+        ax.annotate(
+            getattr(row, name),
+            (getattr(row, column) / scale, row.accuracy),
+            fontsize=8,
+            color=colour,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+
+
 def save(ax: Axes, path: str) -> None:
-    """Write the figure of ``ax`` to ``path``."""
+    """Write the figure of ``ax`` to ``path`` (legends outside the axes included)."""
     figure = ax.figure
     figure.tight_layout()
-    figure.savefig(path, dpi=130)
+    figure.savefig(path, dpi=130, bbox_inches="tight")

@@ -1,25 +1,37 @@
 """The run folder's reports: tables as CSV, the best architecture and its family as JSON, the
-plots, and ``report.md``, the file a person reads first.
+plots, and ``report.md``, the file a person reads first. It opens with the answer the run is
+for: at each size, the searched family's proxy accuracy against CMT's, next to the proxy's
+seed-to-seed noise, and the chosen alpha/beta/gamma next to CMT's.
 
-``write_reports`` only reads the trial table and the configuration, so the reports of an
-existing run folder can be rebuilt at any time without training.
+``write_reports`` only reads the pipeline's results (``search.pipeline.Results``, which
+``pipeline.run(..., report_only=True)`` rebuilds from the folder), so every file can be made
+again at any time without training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from reports import plots
-from reports.tables import best_within_budget, family_table, pareto_data, pareto_front
+from reports.tables import (
+    baselines_table,
+    comparison,
+    family_table,
+    noise,
+    pareto_data,
+    pareto_front,
+    scaling_table,
+    tradeoff_data,
+)
 from search.config import SearchConfig
-from space.cost import count
+from search.pipeline import CMT_COEFFICIENTS, SCALING_PHI, Results
 from space.genotype import ArchSpec
-from space.scaling import ALPHA, BETA, GAMMA, family
 
-__all__ = ["FILES", "best_family", "render", "write_reports"]
+__all__ = ["FILES", "render", "write_reports"]
 
 FILES = {
     "report.md": "this report",
@@ -28,20 +40,97 @@ FILES = {
     "pareto.csv": "the non-dominated trials (accuracy up, MACs down)",
     "pareto.png": "accuracy against MACs for every trial, the front and the budget",
     "best_arch.json": "the best architecture within the budget (load with ArchSpec.from_json)",
-    "family.csv": "its Ti/XS/S/B family by compound scaling",
+    "scaling.csv": "the alpha/beta/gamma candidates, their members, costs and accuracies",
+    "family.csv": "the searched Ti/XS/S/B family beside the published CMT family",
     "family/": "one JSON per variant (Ti.json, XS.json, S.json, B.json)",
-    "family.png": "MACs and parameters of the family against the published CMT family",
+    "baselines.csv": "the published models trained under the same proxy",
+    "tradeoff.png": "proxy accuracy against MACs and parameters: trials, front, both families",
+    "trainings.jsonl": "every training after the search, as it ended (read on a rerun)",
+    "study.journal": "the search's study, with either backend (optuna-dashboard opens it)",
 }
 
 
-def best_family(trials: pd.DataFrame, budget_macs: int) -> dict[str, ArchSpec] | None:
-    """The Ti/XS/S/B family of the best architecture within the budget (None without one)."""
-    best = best_within_budget(trials, budget_macs)
-    return None if best is None else family(ArchSpec.from_json(best.arch))
+def _pct(value: float | None) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value:.1%}"
 
 
-def _gmacs(macs: float) -> str:
-    return f"{macs / 1e9:.3f}"
+def _points(value: float | None) -> str:
+    return "-" if value is None or pd.isna(value) else f"{100 * value:+.1f}"
+
+
+def _gmacs(macs: float | None) -> str:
+    return "-" if macs is None or pd.isna(macs) else f"{macs / 1e9:.3f}"
+
+
+def _answer_section(config: SearchConfig, results: Results) -> list[str]:
+    """The comparison size by size, the noise, and the coefficients: what the run is for."""
+    table, spread = comparison(results), noise(results)
+    lines = [
+        "## Searched family against CMT, under the same proxy",
+        "",
+        "| size | searched GMACs | searched top-1 | CMT | CMT GMACs | CMT top-1 | difference "
+        "(points) | out of the noise |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        beyond = {True: "yes", False: "no, within the noise", None: "-"}[
+            None if pd.isna(row.beyond_noise) else bool(row.beyond_noise)
+        ]
+        lines.append(
+            f"| {row.variant} | {_gmacs(row.searched_macs)} | {_pct(row.searched_accuracy)} "
+            f"| {row.cmt_preset} | {_gmacs(row.cmt_macs)} | {_pct(row.cmt_accuracy)} "
+            f"| {_points(row.difference)} | {beyond} |"
+        )
+    lines += ["", _noise_sentence(spread), "", _verdict(table), ""]
+    return lines + _coefficients_lines(config, results)
+
+
+def _noise_sentence(spread: object) -> str:
+    if spread.std is None:
+        return "The proxy's seed-to-seed noise was not measured (its second-seed runs are missing)."
+    pairs = ", ".join(f"{name} {_pct(a)} / {_pct(b)}" for name, (a, b) in spread.pairs.items())
+    threshold = 2 * math.sqrt(2) * spread.std
+    return (
+        f"Seed-to-seed noise of the proxy: one training's top-1 varies by about "
+        f"{100 * spread.std:.1f} points (standard deviation from models trained with two seeds: "
+        f"{pairs}). A difference between two single trainings stands out of the noise above "
+        f"{100 * threshold:.1f} points (twice its standard deviation)."
+    )
+
+
+def _verdict(table: pd.DataFrame) -> str:
+    known = table[table.difference.notna()]
+    if known.empty:
+        return "No size has both proxy accuracies, so nothing is compared yet."
+    wins = known[(known.difference > 0) & (known.beyond_noise == True)]  # noqa: E712
+    losses = known[(known.difference < 0) & (known.beyond_noise == True)]  # noqa: E712
+    within = known[known.beyond_noise != True]  # noqa: E712
+    parts = []
+    if len(wins):
+        parts.append(f"the searched family is more accurate at {', '.join(wins.variant)}")
+    if len(losses):
+        parts.append(f"CMT is more accurate at {', '.join(losses.variant)}")
+    if len(within):
+        parts.append(f"the difference is within the proxy's noise at {', '.join(within.variant)}")
+    return "In short: " + "; ".join(parts) + "."
+
+
+def _coefficients_lines(config: SearchConfig, results: Results) -> list[str]:
+    alpha, beta, gamma = results.coefficients
+    how = (
+        f"the most accurate of {len(results.scaling)} candidates scored at phi = "
+        f"{SCALING_PHI:g} ([scaling.csv](scaling.csv))"
+        if results.scaling
+        else "kept as CMT's (`--scaling cmt`)"
+    )
+    cmt = ", ".join(f"{c:g}" for c in CMT_COEFFICIENTS)
+    return [
+        f"Scaling coefficients: alpha = {alpha:g}, beta = {beta:g}, gamma = {gamma:g}, {how}; "
+        f"CMT's are {cmt}.",
+        "",
+        "![trade-off](tradeoff.png)",
+        "",
+    ]
 
 
 def _stage_rows(arch: ArchSpec) -> list[str]:
@@ -63,26 +152,23 @@ def _counts(trials: pd.DataFrame) -> str:
     return ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items()))
 
 
-def _summary_section(
-    config: SearchConfig, trials: pd.DataFrame, best: pd.Series | None
-) -> list[str]:
-    budget = config.budget_macs
+def _title(config: SearchConfig, results: Results) -> list[str]:
+    trials, best, budget = results.trials, results.best, config.budget_macs
     lines = [f"# Search report: {config.budget} at {config.resolution}px on `{config.data}`", ""]
     if best is None:
         return [
             *lines,
             f"{len(trials)} trials ({_counts(trials)}); no trial completed within the budget of "
-            f"{_gmacs(budget)} GMACs, so there is no best architecture and no family.",
+            f"{_gmacs(budget)} GMACs, so there is no best architecture, family or comparison.",
             "",
         ]
     return [
         *lines,
-        f"{len(trials)} trials ({_counts(trials)}) searched hybrid backbones, one block type per "
-        f"stage (CMT, AEWin, CoT, Dual-ViT), under a budget of {_gmacs(budget)} GMACs at "
-        f"{config.resolution}px. The best architecture within the budget is trial "
-        f"{int(best.number)}, `{best.blocks}`: {best.accuracy:.1%} proxy validation top-1 at "
-        f"{_gmacs(best.macs)} GMACs ({best.macs / budget:.0%} of the budget) and "
-        f"{best.params / 1e6:.2f}M parameters.",
+        f"{len(trials)} trials ({_counts(trials)}) searched hybrid backbones (CMT, AEWin, CoT, "
+        f"Dual-ViT blocks) under {_gmacs(budget)} GMACs at {config.resolution}px. The best "
+        f"within the budget, S, is trial {int(best.number)}, `{best.blocks}`: "
+        f"{best.accuracy:.1%} proxy top-1 at {_gmacs(best.macs)} GMACs "
+        f"({best.macs / budget:.0%} of the budget), {best.params / 1e6:.2f}M parameters.",
         "",
     ]
 
@@ -90,57 +176,117 @@ def _summary_section(
 def _best_section(best: pd.Series) -> list[str]:
     arch = ArchSpec.from_json(best.arch)
     return [
-        "## Best architecture within the budget",
+        "## S, the best architecture within the budget",
         "",
         f"Stem `{arch.stem}` ({arch.stem_width} channels), head `{arch.head}` "
-        f"({arch.head_width}), input {arch.resolution}px. "
-        "JSON: [best_arch.json](best_arch.json).",
+        f"({arch.head_width}), input {arch.resolution}px. JSON: [best_arch.json](best_arch.json).",
         "",
         *_stage_rows(arch),
         "",
     ]
 
 
-def _family_section(family_rows: pd.DataFrame) -> list[str]:
-    lines = [
-        f"## The family (compound scaling, alpha={ALPHA}, beta={BETA}, gamma={GAMMA})",
-        "",
-        "Depth x alpha^phi, width x beta^phi, resolution x gamma^phi from the best "
-        "architecture (S, phi = 0); MACs and parameters counted with fvcore at each "
-        "variant's resolution. Published CMT variants for reference.",
-        "",
-        "| variant | phi | input | widths | depths | params | GMACs | proxy top-1 "
-        "| CMT input | CMT params | CMT GMACs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in family_rows.itertuples():
-        accuracy = f"{row.accuracy:.1%}" if pd.notna(row.accuracy) else "-"
-        lines.append(
-            f"| [{row.variant}](family/{row.variant}.json) | {row.phi:g} | {row.resolution} "
-            f"| {row.widths} | {row.depths} | {row.params / 1e6:.2f}M | {_gmacs(row.macs)} "
-            f"| {accuracy} | {row.cmt_resolution} | {row.cmt_params / 1e6:.2f}M "
-            f"| {_gmacs(row.cmt_macs)} |"
+def _table_section(title: str, intro: str, table: pd.DataFrame, columns: list[str]) -> list[str]:
+    lines = [f"## {title}", "", intro, "", "| " + " | ".join(columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    for row in table.to_dict("records"):
+        cells = []
+        for column in columns:
+            value = row[column]
+            if column in ("macs", "cmt_macs", "published_macs"):
+                value = _gmacs(value)
+            elif column in ("params", "cmt_params", "published_params"):
+                value = "-" if pd.isna(value) else f"{value / 1e6:.2f}M"
+            elif column in ("accuracy", "cmt_accuracy"):
+                value = _pct(value)
+            cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+SCALING_SHOWN = [
+    "alpha",
+    "beta",
+    "gamma",
+    "resolution",
+    "widths",
+    "depths",
+    "macs",
+    "params",
+    "proxy_input",
+    "accuracy",
+    "status",
+    "chosen",
+]
+FAMILY_SHOWN = [
+    "variant",
+    "phi",
+    "resolution",
+    "widths",
+    "depths",
+    "params",
+    "macs",
+    "proxy_input",
+    "accuracy",
+    "status",
+    "cmt_preset",
+    "cmt_params",
+    "cmt_macs",
+    "cmt_accuracy",
+]
+BASELINES_SHOWN = [
+    "preset",
+    "resolution",
+    "params",
+    "macs",
+    "published_params",
+    "published_macs",
+    "proxy_input",
+    "accuracy",
+    "status",
+]
+
+
+def _steps_sections(results: Results) -> list[str]:
+    """The scaling candidates, the family and the baselines, each as a table."""
+    lines = []
+    if results.scaling:
+        intro = (
+            f"S scaled to phi = {SCALING_PHI:g} by each candidate (CMT's first, then the most "
+            "spread-out of the grid built from S's measured MAC exponents)."
         )
-    note = (
-        "Proxy accuracies of the variants come from the same proxy at a proxy resolution "
-        "scaled like the input."
-        if family_rows.accuracy.notna().any()
-        else "The variants were not proxy-trained (`--train-family` does that)."
+        lines += _table_section("Scaling candidates", intro, scaling_table(results), SCALING_SHOWN)
+    intro = (
+        "Ti/XS/S/B by compound scaling of S with the chosen coefficients, counted at "
+        "each variant's input; the CMT variant of each size beside it. JSON in family/."
     )
-    return [*lines, "", note, "", "![family](family.png)", ""]
+    lines += _table_section("The family", intro, family_table(results), FAMILY_SHOWN)
+    if results.baselines:
+        intro = (
+            "Each preset trained exactly like the searched models, its input scaled by the same "
+            "rule."
+        )
+        lines += _table_section(
+            "Published models under the same proxy",
+            intro,
+            baselines_table(results),
+            BASELINES_SHOWN,
+        )
+    return lines
 
 
-def _trials_section(trials: pd.DataFrame, front: pd.DataFrame) -> list[str]:
+def _trials_section(trials: pd.DataFrame) -> list[str]:
     lines = [
         "## All trials and the front",
         "",
-        f"{_counts(trials).capitalize()}. Pruned trials were stopped early by the dominance "
-        "rule (their accuracy is the one when stopped); failed trials say why in `trials.csv`.",
+        f"{_counts(trials).capitalize()}. Pruned trials were stopped early (their accuracy is "
+        "the one when stopped); failed trials, collapsed trainings included, say why in "
+        "`trials.csv`.",
         "",
         "| trial | blocks | GMACs | params | proxy top-1 |",
         "|---|---|---|---|---|",
     ]
-    for row in front.itertuples():
+    for row in pareto_front(trials).itertuples():
         lines.append(
             f"| {row.number} | {row.blocks} | {_gmacs(row.macs)} | {row.params / 1e6:.2f}M "
             f"| {row.accuracy:.1%} |"
@@ -150,80 +296,64 @@ def _trials_section(trials: pd.DataFrame, front: pd.DataFrame) -> list[str]:
 
 def _method_section(config: SearchConfig) -> list[str]:
     recipe = config.proxy
-    device = f"`{config.device}`"
-    if config.device == "auto":
-        device += " (CUDA when present, else the CPU)"
+    device = f"`{config.device}`" + (
+        " (CUDA when present, else the CPU)" if config.device == "auto" else ""
+    )
     return [
         "## How it was measured",
         "",
         "- MACs are multiply-accumulates, the quantity the CMT, Swin, Dual-ViT and CoTNet papers "
-        "call FLOPs, at the target resolution, counted with fvcore with attention included "
-        "whatever kernel computes it; normalisation, activations and pooling are not counted.",
-        f"- Proxy: `{config.data}`, {recipe.epochs} epoch(s) at {recipe.resolution}px, "
-        f"batch {recipe.batch_size}, AdamW (lr {recipe.lr:g}, weight decay "
-        f"{recipe.weight_decay:g}) with warm-up and cosine decay, label smoothing "
-        f"{recipe.label_smoothing:g}, seed {config.seed}, device {device}. A proxy ranks "
-        "architectures roughly; see the README's proxy-fidelity figures.",
-        f"- Search: {config.backend} backend, {config.sampler} sampler, seed {config.seed}, "
-        f"early stopping {'on' if config.prune else 'off'}; every setting is in "
-        "[config.json](config.json).",
+        "call FLOPs, at each model's own input size, attention included whatever kernel "
+        "computes it; normalisation, activations and pooling are not counted. They come from "
+        "the blocks' cost formulas (`space.cost.estimate`), which equal fvcore's count.",
+        f"- Proxy: `{config.data}`, {recipe.epochs} epoch(s), batch {recipe.batch_size}, AdamW "
+        f"(lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, warm-up over "
+        f"{recipe.warmup_fraction:.0%} of the steps, then cosine decay), label smoothing "
+        f"{recipe.label_smoothing:g}, seed {config.seed}, device {device}. The searched "
+        f"architecture trains at {recipe.resolution}px; every other model at "
+        f"{recipe.resolution}px x its input / {config.resolution}px (the proxy input column), so "
+        "resolution scaling is visible to the proxy. A training that ends below 1.5 x chance "
+        "collapsed and is not ranked.",
+        f"- Search: {config.backend} backend, {config.sampler} sampler, early stopping "
+        f"{'on' if config.prune else 'off'}; every setting is in [config.json](config.json).",
         "",
     ]
 
 
-def _files_section(config: SearchConfig) -> list[str]:
-    return [
-        "## Files",
-        "",
-        *[f"- [{name}]({name}): {what}" for name, what in FILES.items()],
-        "- [study.journal](study.journal): the study, every trial of either backend "
-        "(`optuna-dashboard study.journal`)",
-        "",
-    ]
-
-
-def render(
-    config: SearchConfig,
-    trials: pd.DataFrame,
-    front: pd.DataFrame,
-    best: pd.Series | None,
-    family_rows: pd.DataFrame | None,
-) -> str:
+def render(config: SearchConfig, results: Results) -> str:
     """The text of ``report.md``, section by section."""
-    sections = [
-        _summary_section(config, trials, best),
-        [] if best is None else _best_section(best),
-        [] if family_rows is None else _family_section(family_rows),
-        _trials_section(trials, front),
+    sections = [_title(config, results)]
+    if results.best is not None:
+        sections += [
+            _answer_section(config, results),
+            _best_section(results.best),
+            _steps_sections(results),
+        ]
+    sections += [
+        _trials_section(results.trials),
         _method_section(config),
-        _files_section(config),
+        ["## Files", "", *[f"- [{name}]({name}): {what}" for name, what in FILES.items()], ""],
     ]
     return "\n".join(line for section in sections for line in section)
 
 
-def write_reports(
-    out: str | Path,
-    config: SearchConfig,
-    trials: pd.DataFrame,
-    family_accuracies: dict[str, float] | None = None,
-) -> None:
-    """Write every report file of the run folder ``out`` from its trial table."""
+def write_reports(out: str | Path, config: SearchConfig, results: Results) -> None:
+    """Write every report file of the run folder ``out`` from the pipeline's results."""
     out = Path(out)
-    trials.to_csv(out / "trials.csv", index=False)
-    front = pareto_front(trials)
-    front.to_csv(out / "pareto.csv", index=False)
-    plots.save(plots.plot_pareto(pareto_data(trials, config.budget_macs)), str(out / "pareto.png"))
-    best = best_within_budget(trials, config.budget_macs)
-    family_rows = None
-    if best is not None:
-        (out / "best_arch.json").write_text(ArchSpec.from_json(best.arch).to_json(indent=2) + "\n")
-        members = family(ArchSpec.from_json(best.arch))
+    results.trials.to_csv(out / "trials.csv", index=False)
+    pareto_front(results.trials).to_csv(out / "pareto.csv", index=False)
+    pareto = plots.plot_pareto(pareto_data(results.trials, config.budget_macs))
+    plots.save(pareto, str(out / "pareto.png"))
+    if results.best is not None:
+        best = ArchSpec.from_json(results.best.arch)
+        (out / "best_arch.json").write_text(best.to_json(indent=2) + "\n")
         (out / "family").mkdir(exist_ok=True)
-        for variant, arch in members.items():
-            (out / "family" / f"{variant}.json").write_text(arch.to_json(indent=2) + "\n")
-        costs = {variant: count(arch) for variant, arch in members.items()}
-        family_rows = family_table(members, costs, family_accuracies)
-        family_rows.to_csv(out / "family.csv", index=False)
-        plots.save(plots.plot_family(family_rows)[0], str(out / "family.png"))
-    (out / "report.md").write_text(render(config, trials, front, best, family_rows))
+        for row in results.family:
+            (out / "family" / f"{row.job.label}.json").write_text(row.job.arch.to_json(2) + "\n")
+        family_table(results).to_csv(out / "family.csv", index=False)
+        scaling_table(results).to_csv(out / "scaling.csv", index=False)
+        baselines_table(results).to_csv(out / "baselines.csv", index=False)
+        figure = plots.plot_tradeoff(tradeoff_data(results, config.budget_macs))
+        plots.save(figure[0], str(out / "tradeoff.png"))
+    (out / "report.md").write_text(render(config, results))
     (out / "config.json").write_text(config.to_json() + "\n")

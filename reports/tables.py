@@ -1,38 +1,53 @@
-"""Pure pandas tables of a search: the trials, the accuracy-MACs front, the best architecture
-within the budget, and the scaled family next to the published CMT family."""
+"""Pure pandas tables of a run: the trials and their accuracy-MACs front, the scaling
+candidates, the searched family beside the published CMT family, the baselines, the proxy's
+noise and the size-by-size comparison that report.md opens with. Parameters and MACs come from
+``space.cost.estimate``, the closed-form count that equals fvcore's (``space.cost.count``) on
+every preset and sampled architecture the tests and ``benchmarks/estimate.py`` check, in a
+millisecond instead of seconds."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
 
 import pandas as pd
 
+from search.pipeline import SCALING_PHI, Results, Row, best_within_budget
 from space import presets
-from space.cost import Cost
+from space.cost import estimate
 from space.genotype import ArchSpec
-from space.scaling import FAMILY_PHI
 
 __all__ = [
-    "PUBLISHED_CMT",
+    "CMT_FAMILY",
+    "Noise",
     "ParetoData",
+    "baselines_table",
     "best_within_budget",
+    "comparison",
     "family_table",
+    "noise",
     "pareto_data",
     "pareto_front",
+    "scaling_table",
+    "tradeoff_data",
 ]
 
-PUBLISHED_CMT = pd.DataFrame(
-    [
-        {
-            "variant": variant,
-            "preset": name,
-            "resolution": presets.get(name).resolution,
-            "params": presets.PUBLISHED[name].params,
-            "macs": presets.PUBLISHED[name].macs,
-        }
-        for variant, name in (("Ti", "cmt_ti"), ("XS", "cmt_xs"), ("S", "cmt_s"), ("B", "cmt_b"))
-    ]
-)
+CMT_FAMILY = {"Ti": "cmt_ti", "XS": "cmt_xs", "S": "cmt_s", "B": "cmt_b"}
+SHAPE = ["resolution", "blocks", "widths", "depths", "params", "macs"]
+TRAINED = ["proxy_input", "seed", "accuracy", "status"]
+SCALING_COLUMNS = ["alpha", "beta", "gamma", "phi", *SHAPE, *TRAINED, "chosen"]
+BASELINE_COLUMNS = ["preset", *SHAPE, "published_params", "published_macs", *TRAINED]
+FAMILY_COLUMNS = [
+    "variant",
+    "phi",
+    *SHAPE,
+    *TRAINED,
+    "cmt_preset",
+    "cmt_resolution",
+    "cmt_params",
+    "cmt_macs",
+    "cmt_accuracy",
+]
 
 
 def _scored(trials: pd.DataFrame) -> pd.DataFrame:
@@ -51,15 +66,6 @@ def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
             front.append(index)
             best = row.accuracy
     return scored.loc[front]
-
-
-def best_within_budget(trials: pd.DataFrame, budget_macs: int) -> pd.Series | None:
-    """The most accurate completed trial within the budget (fewer MACs, then earlier, on ties)."""
-    scored = _scored(trials)
-    scored = scored[scored.macs <= budget_macs]
-    if scored.empty:
-        return None
-    return scored.sort_values(["accuracy", "macs", "number"], ascending=[False, True, True]).iloc[0]
 
 
 class ParetoData(NamedTuple):
@@ -83,30 +89,176 @@ def pareto_data(trials: pd.DataFrame, budget_macs: int) -> ParetoData:
     )
 
 
-def family_table(
-    family: dict[str, ArchSpec],
-    costs: dict[str, Cost],
-    accuracies: dict[str, float] | None = None,
-) -> pd.DataFrame:
-    """One row per variant: phi, resolution, widths, depths, params and MACs (and the proxy
-    accuracy when the variants were trained), with the published CMT variant alongside."""
+def _status(row: Row) -> str:
+    """``trained``, ``not trained`` (the run stopped first) or the failure's reason."""
+    if row.training is None:
+        return "not trained"
+    return row.training.reason if row.training.failed else "trained"
+
+
+def _shape(arch: ArchSpec) -> dict[str, Any]:
+    cost = estimate(arch)
+    return {
+        "resolution": arch.resolution,
+        "blocks": arch.block_mix,
+        "widths": "/".join(str(s.width) for s in arch.stages),
+        "depths": "/".join(str(s.depth) for s in arch.stages),
+        "params": cost.params,
+        "macs": cost.macs,
+    }
+
+
+def _trained(row: Row) -> dict[str, Any]:
+    return {
+        "proxy_input": row.job.recipe.resolution,
+        "seed": row.job.seed,
+        "accuracy": row.accuracy,
+        "status": _status(row),
+    }
+
+
+def scaling_table(results: Results) -> pd.DataFrame:
+    """One row per alpha/beta/gamma candidate: its member at ``SCALING_PHI``, its cost, its
+    proxy accuracy and whether it was chosen."""
     rows = []
-    for variant, arch in family.items():
-        published = PUBLISHED_CMT.set_index("variant").loc[variant]
+    for row in results.scaling:
+        facts = row.job.facts
+        coefficients = (facts["alpha"], facts["beta"], facts["gamma"])
+        rows.append(
+            {
+                "alpha": facts["alpha"],
+                "beta": facts["beta"],
+                "gamma": facts["gamma"],
+                "phi": SCALING_PHI,
+                **_shape(row.job.arch),
+                **_trained(row),
+                "chosen": coefficients == results.coefficients,
+            }
+        )
+    return pd.DataFrame(rows, columns=SCALING_COLUMNS)
+
+
+def baselines_table(results: Results) -> pd.DataFrame:
+    """One row per published preset trained under the same proxy, its published size beside."""
+    rows = []
+    for row in results.baselines:
+        name = row.job.facts["preset"]
+        published = presets.PUBLISHED[name]
+        rows.append(
+            {
+                "preset": name,
+                **_shape(row.job.arch),
+                "published_params": published.params,
+                "published_macs": published.macs,
+                **_trained(row),
+            }
+        )
+    return pd.DataFrame(rows, columns=BASELINE_COLUMNS)
+
+
+def family_table(results: Results) -> pd.DataFrame:
+    """One row per variant Ti/XS/S/B: phi, size, proxy accuracy, and the published CMT variant
+    of that size beside it (its published figures, and its proxy accuracy when trained)."""
+    cmt = {row.job.facts["preset"]: row for row in results.baselines}
+    rows = []
+    for row in results.family:
+        variant = row.job.label
+        name = CMT_FAMILY[variant]
+        published = presets.PUBLISHED[name]
         rows.append(
             {
                 "variant": variant,
-                "phi": FAMILY_PHI[variant],
-                "resolution": arch.resolution,
-                "blocks": arch.block_mix,
-                "widths": "/".join(str(s.width) for s in arch.stages),
-                "depths": "/".join(str(s.depth) for s in arch.stages),
-                "params": costs[variant].params,
-                "macs": costs[variant].macs,
-                "accuracy": None if accuracies is None else accuracies.get(variant),
-                "cmt_resolution": published.resolution,
+                "phi": row.job.facts["phi"],
+                **_shape(row.job.arch),
+                **_trained(row),
+                "cmt_preset": name,
+                "cmt_resolution": presets.get(name).resolution,
                 "cmt_params": published.params,
                 "cmt_macs": published.macs,
+                "cmt_accuracy": cmt[name].accuracy if name in cmt else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=FAMILY_COLUMNS)
+
+
+class Noise(NamedTuple):
+    """The proxy's seed-to-seed noise from models trained with two seeds: each pair's two
+    accuracies, and the standard deviation of one training's accuracy they imply
+    (sqrt(mean((a - b)^2) / 2)); None without a complete pair."""
+
+    pairs: dict[str, tuple[float, float]]
+    std: float | None
+
+
+def noise(results: Results) -> Noise:
+    first = {"S": _accuracy_of_s(results)}
+    first.update({row.job.facts["preset"]: row.accuracy for row in results.baselines})
+    pairs = {}
+    for row in results.noise:
+        name = row.job.facts["pair"]
+        if row.accuracy is not None and first.get(name) is not None:
+            pairs[name] = (first[name], row.accuracy)
+    if not pairs:
+        return Noise(pairs, None)
+    std = math.sqrt(sum((a - b) ** 2 for a, b in pairs.values()) / (2 * len(pairs)))
+    return Noise(pairs, std)
+
+
+def _accuracy_of_s(results: Results) -> float | None:
+    return None if results.best is None else float(results.best.accuracy)
+
+
+def comparison(results: Results) -> pd.DataFrame:
+    """At each size, the searched variant's proxy accuracy against the CMT variant's, their
+    difference, and whether it stands out of the noise (more than twice the standard deviation
+    of a difference of two single trainings, sqrt(2) x the noise)."""
+    family = family_table(results)
+    counted = {row.job.facts["preset"]: estimate(row.job.arch).macs for row in results.baselines}
+    spread = noise(results).std
+    rows = []
+    for row in family.itertuples():
+        difference = None
+        if pd.notna(row.accuracy) and pd.notna(row.cmt_accuracy):
+            difference = row.accuracy - row.cmt_accuracy
+        beyond = None
+        if difference is not None and spread is not None:
+            beyond = abs(difference) > 2 * math.sqrt(2) * spread
+        rows.append(
+            {
+                "variant": row.variant,
+                "searched_macs": row.macs,
+                "searched_accuracy": row.accuracy,
+                "cmt_preset": row.cmt_preset,
+                "cmt_macs": counted.get(row.cmt_preset, row.cmt_macs),
+                "cmt_accuracy": row.cmt_accuracy,
+                "difference": difference,
+                "beyond_noise": beyond,
             }
         )
     return pd.DataFrame(rows)
+
+
+class TradeoffData(NamedTuple):
+    """What the trade-off figure draws: scored trials and their front, the searched family,
+    the CMT family and the other baselines (each with params, MACs and proxy accuracy, failed
+    or untrained ones without accuracy), and the budget in MACs."""
+
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    family: pd.DataFrame
+    cmt: pd.DataFrame
+    others: pd.DataFrame
+    budget_macs: int
+
+
+def tradeoff_data(results: Results, budget_macs: int) -> TradeoffData:
+    baselines = baselines_table(results)
+    is_cmt = baselines.preset.isin(CMT_FAMILY.values())
+    return TradeoffData(
+        _scored(results.trials),
+        pareto_front(results.trials),
+        family_table(results),
+        baselines[is_cmt],
+        baselines[~is_cmt],
+        budget_macs,
+    )

@@ -7,15 +7,21 @@ Backends import lazily (Ray is heavy): the table names where each one lives.
 from __future__ import annotations
 
 import importlib
+import re
+from importlib import metadata
 from typing import Protocol
 
 from search.config import BACKENDS, SearchConfig
 from search.records import OnTrial
 
-__all__ = ["Backend", "get"]
+__all__ = ["NEEDS", "Backend", "check_versions", "get"]
 
 _WHERE = {"optuna": "search.optuna_backend:OptunaBackend", "ray": "search.ray_backend:RayBackend"}
 assert tuple(_WHERE) == BACKENDS
+# The oldest versions whose API the backends use: Optuna's Trial.set_constraint (5.0; every
+# backend keeps its trials in an Optuna study), and ray.tune.RunConfig, FailureConfig and
+# ray.tune.report(metrics) (2.41). pyproject.toml asks for the same floors.
+NEEDS = {"optuna": {"optuna": "5.0"}, "ray": {"optuna": "5.0", "ray": "2.41"}}
 
 
 class Backend(Protocol):
@@ -29,9 +35,33 @@ class Backend(Protocol):
     def run(self, config: SearchConfig, on_trial: OnTrial | None = None) -> None: ...
 
 
+def _release(text: str) -> tuple[int, ...]:
+    """``"2.41.0rc1"`` -> (2, 41, 0): the leading numbers of a version."""
+    numbers = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(n) for n in numbers.group().split(".")) if numbers else ()
+
+
+def check_versions(name: str) -> None:
+    """Raise ``ValueError`` naming the package and the version it needs when an installed
+    package is older than backend ``name`` needs (or missing)."""
+    for package, oldest in NEEDS.get(name, {}).items():
+        try:
+            installed = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            raise ValueError(
+                f"the {name} backend needs {package} >= {oldest}, which is not installed"
+            ) from None
+        if _release(installed) < _release(oldest):
+            raise ValueError(
+                f"the {name} backend needs {package} >= {oldest}, but {installed} is installed; "
+                f"pip install '{package}>={oldest}'"
+            )
+
+
 def get(name: str) -> Backend:
     """The backend called ``name``; an unknown name lists the known ones."""
     if name not in _WHERE:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(_WHERE)}")
+    check_versions(name)
     module, _, cls = _WHERE[name].partition(":")
     return getattr(importlib.import_module(module), cls)()

@@ -16,15 +16,16 @@ import re
 import typing
 from typing import Any
 
-from search.proxy import ProxySettings
+from search.proxy import MIN_PROXY_RESOLUTION, ProxySettings
 from space.cost import parse_budget
 from space.fields import field_names, reject_unknown
 from space.genotype import MIN_RESOLUTION
 
-__all__ = ["BACKENDS", "SAMPLERS", "SearchConfig", "add_options", "from_options"]
+__all__ = ["BACKENDS", "SAMPLERS", "SCALING", "SearchConfig", "add_options", "from_options"]
 
 BACKENDS = ("optuna", "ray")
 SAMPLERS = ("nsga2", "tpe")
+SCALING = ("search", "cmt")
 
 
 def _setting(
@@ -61,6 +62,20 @@ class SearchConfig:
         default_factory=ProxySettings,
         metadata={"help": "the proxy's recipe", "defines_search": True},
     )
+    scaling: str = _setting(
+        "search",
+        "search: score alpha/beta/gamma candidates by proxy training; cmt: keep CMT's "
+        "(1.2, 1.3, 1.15) (default %(default)s)",
+        choices=SCALING,
+    )
+    scaling_candidates: int = _setting(
+        3, "alpha/beta/gamma candidates to score, CMT's among them (default %(default)s)"
+    )
+    baselines: str = _setting(
+        "cmt_ti,cmt_xs,cmt_s,cmt_b",
+        "published presets trained under the same proxy, comma-separated, or none "
+        "(default %(default)s)",
+    )
     backend: str = _setting(
         "optuna", "search backend (default %(default)s)", choices=BACKENDS, defines_search=True
     )
@@ -78,6 +93,17 @@ class SearchConfig:
     )
     device: str = _setting(
         "auto", "proxy device: auto (CUDA when there is one), cpu, cuda[:N] (default %(default)s)"
+    )
+    parallel: int = _setting(
+        0,
+        "trainings at once on one device: in the search N worker processes (Optuna) or 1/N GPU "
+        "per trial (Ray), and N trainings at once after it; on the CPU the cores are shared "
+        "out. 0: one at a time on CUDA; on the CPU the search trains one trial at a time (a "
+        "seed repeats its architectures) and the steps after it one training per core, at most "
+        "4 (default %(default)s)",
+    )
+    cuda_graphs: bool = _setting(
+        True, "--no-cuda-graphs: train eagerly on CUDA instead of replaying a captured step"
     )
     max_repeated_failures: int = _setting(
         3,
@@ -105,6 +131,12 @@ class SearchConfig:
                 f"proxy resolution must be an integer >= {MIN_RESOLUTION}, "
                 f"got {self.proxy.resolution!r}"
             )
+        if self.scaling not in SCALING:
+            raise ValueError(f"scaling must be one of {', '.join(SCALING)}, got {self.scaling!r}")
+        value = self.scaling_candidates
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"scaling_candidates must be an integer >= 1, got {value!r}")
+        self._check_baselines()
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.sampler not in SAMPLERS:
@@ -115,13 +147,36 @@ class SearchConfig:
             raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        value = self.parallel
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"parallel must be an integer >= 0, got {value!r}")
         value = self.max_repeated_failures
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"max_repeated_failures must be an integer >= 1, got {value!r}")
 
+    def _check_baselines(self) -> None:
+        from space import presets  # the presets' names, checked here so a typo fails at once
+
+        text = self.baselines.strip() if isinstance(self.baselines, str) else None
+        if text is None or not text:
+            raise ValueError(f"baselines must name presets or be none, got {self.baselines!r}")
+        if text != "none":
+            for name in text.split(","):
+                presets.get(name.strip())
+
     @property
     def budget_macs(self) -> int:
         return parse_budget(self.budget)
+
+    def proxy_for(self, resolution: int) -> ProxySettings:
+        """The proxy recipe of a model whose target input is ``resolution``: its proxy input
+        scales with it, ``proxy.resolution x resolution / self.resolution`` (rounded, at least
+        ``MIN_PROXY_RESOLUTION``), so a scaled member or a published model sees its own input
+        size relative to the searched architecture's. The one place of this rule."""
+        side = max(
+            MIN_PROXY_RESOLUTION, round(self.proxy.resolution * resolution / self.resolution)
+        )
+        return dataclasses.replace(self.proxy, resolution=side)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

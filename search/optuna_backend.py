@@ -1,23 +1,27 @@
-"""The Optuna backend: trials one after another in this process, on the run folder's study.
+"""The Optuna backend: trials on the run folder's study, one after another in this process, or
+``parallel`` at a time in as many worker processes sharing the study's journal (the
+folder lock keeps other runs out, not the run's own workers; with several workers the order of
+trials, and so the architectures drawn, depends on timing).
 
 Each trial is asked from the study, defined, trained and told (``search.trial``); hopeless
 trials stop early (``search.pruning.DominancePruner``) and are PRUNED. When the last
 ``max_repeated_failures`` trials of this run failed for the same reason the search stops with
-``storage.RepeatedFailure``. The sampler is seeded
-with ``config.seed`` plus the number of trials already in the study: a fresh run repeats
-exactly, and a resumed one does not draw its first trials again.
-"""
+``storage.RepeatedFailure``."""
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import time
 from pathlib import Path
 
+import filelock
 import optuna
 
 from search import data as datasets
-from search import storage, trial
+from search import storage, trial, workers
 from search.config import SearchConfig
+from search.proxy import resolve_device
 from search.pruning import DominancePruner, Finished
 from search.records import OnTrial
 from space.sampling import check_budget
@@ -43,11 +47,11 @@ def _pruner_report(
 
 def _run_one(
     study: optuna.Study,
+    asked: optuna.Trial,
     config: SearchConfig,
     data: datasets.ImageData,
     pruner: DominancePruner | None,
 ) -> None:
-    asked = study.ask()
     try:
         arch = trial.define(asked, config)
         report = _pruner_report(study, pruner, asked.user_attrs["macs"], config.proxy.epochs)
@@ -60,29 +64,88 @@ def _run_one(
     study.tell(asked, outcome.values, state=outcome.state)
 
 
+def _claim(study: optuna.Study, config: SearchConfig) -> bool:
+    """Whether a slot is left for one more trial: finished ones and those running count."""
+    running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    return storage.slots_used(study) + running < config.trials
+
+
+def _work(
+    config: SearchConfig,
+    first: int,
+    seed: int,
+    processes: int = 1,
+    on_trial: OnTrial | None = None,
+) -> None:
+    """One of ``processes`` processes sharing the study: ask, train and tell trials until the
+    slots are taken or the same failure repeats (asking is serialised by ``.ask.lock``);
+    ``on_trial`` reports progress before each trial."""
+    if processes > 1:
+        workers.die_with_parent()
+        workers.share_cores(processes, resolve_device(config.device))
+    data = datasets.load(config.data)
+    journal = storage.journal(config.out)
+    study = storage.open_study(journal, trial.sampler(config, seed))
+    pruner = DominancePruner() if config.prune else None
+    ask_lock = filelock.FileLock(Path(config.out) / ".ask.lock")
+    while True:
+        if on_trial is not None:
+            on_trial(*storage.progress(study))
+        with ask_lock:
+            if not _claim(study, config):
+                return
+            asked = study.ask()
+        _run_one(study, asked, config, data, pruner)
+        if storage.repeated_failure(study, first, config.max_repeated_failures):
+            return
+
+
 @dataclasses.dataclass(frozen=True)
 class OptunaBackend:
     """Runs (or continues) the search in ``config.out`` until ``config.trials`` slots are
-    used; ``on_trial(finished, best_accuracy)`` is called before the first trial and after
-    each one."""
+    used, ``search_workers(config)`` trials at a time (worker processes on the one study);
+    ``on_trial(finished, best_accuracy)`` is called before the first trial and as they end."""
 
     name: str = "optuna"
 
     def run(self, config: SearchConfig, on_trial: OnTrial | None = None) -> None:
-        data = datasets.load(config.data)
+        datasets.load(config.data)
         check_budget(config.budget_macs, config.resolution)
         with storage.folder_lock(Path(config.out)):
             journal = storage.journal(config.out)
+            # A fresh run repeats exactly; a resumed one does not draw its first trials again.
             seed = config.seed + storage.trial_count(config.out)
-            study = storage.open_study(journal, trial.sampler(config, seed))
+            study = storage.open_study(journal, optuna.samplers.RandomSampler())
             first = len(study.trials)  # trials of this run (redone ones too) number from here
             storage.recover_interrupted(study, journal)
-            pruner = DominancePruner() if config.prune else None
-            while True:
-                used, best = storage.progress(study)
-                if on_trial is not None:
-                    on_trial(used, best)
-                if used >= config.trials:
-                    break
-                _run_one(study, config, data, pruner)
-                storage.check_failures(study, first, config.max_repeated_failures)
+            if workers.search_workers(config) == 1:
+                _work(config, first, seed, on_trial=on_trial)
+            else:
+                _parallel(config, first, seed, on_trial)
+            if on_trial is not None:
+                on_trial(*storage.progress(storage.load_study(config.out)))
+            storage.check_failures(
+                storage.load_study(config.out), first, config.max_repeated_failures
+            )
+
+
+def _parallel(config: SearchConfig, first: int, seed: int, on_trial: OnTrial | None) -> None:
+    """``config.parallel`` worker processes (samplers seeded apart); this one reports progress
+    until they end."""
+    context = multiprocessing.get_context("spawn")
+    n = workers.search_workers(config)
+    processes = [
+        context.Process(target=_work, args=(config, first, seed + 1000 * i, n)) for i in range(n)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        while any(process.is_alive() for process in processes):
+            if on_trial is not None:
+                on_trial(*storage.progress(storage.load_study(config.out)))
+            time.sleep(1.0)
+    finally:
+        for process in processes:
+            process.join(timeout=0 if process.is_alive() else None)
+            if process.is_alive():
+                process.terminate()

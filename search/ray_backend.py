@@ -9,8 +9,9 @@ CPUs and GPUs or on an existing Ray cluster.
   after every epoch; an architecture already trained in the study is not trained again.
 - Scheduling: ASHA on the per-epoch accuracy (grace period one epoch, reduction factor 2); a
   trial it stops is PRUNED with its last accuracy. ``prune=False`` runs every trial to its end.
-- Resources: ``cpus_per_trial`` and fractional ``gpus_per_trial``; Ray packs as many trials as
-  they allow. ``ray_address`` joins an existing cluster, else a local Ray starts.
+- Resources: ``cpus_per_trial`` and fractional ``gpus_per_trial`` (``parallel`` N asks for
+  1/N GPU per trial where the cluster has GPUs); Ray packs as many trials as they allow.
+  ``ray_address`` joins an existing cluster, else a local Ray starts.
 - Failures: when the last ``max_repeated_failures`` trials of this run failed for the same
   reason the experiment stops and ``storage.RepeatedFailure`` is raised.
 - Resume: as with the Optuna backend, finished trials stay in the study, trials a dead run left
@@ -141,6 +142,16 @@ def _trainable(params: dict[str, Any], *, config: SearchConfig) -> None:
         raise ProxyFailed(outcome.reason)
 
 
+def _packed(config: SearchConfig) -> SearchConfig:
+    """``parallel`` N > 1 without ``gpus_per_trial`` asks for 1/N GPU per trial, where the Ray
+    cluster has GPUs."""
+    if config.gpus_per_trial or config.parallel <= 1:
+        return config
+    if not ray.cluster_resources().get("GPU", 0):
+        return config
+    return dataclasses.replace(config, gpus_per_trial=1.0 / config.parallel)
+
+
 def _tuner(config: SearchConfig, slots: int, experiment: str, watch: _Watch) -> Any:
     search = _StudySearch(
         space=functools.partial(_space, config=config),
@@ -216,8 +227,9 @@ class RayBackend:
                     configure_logging=False,
                 )
             try:
+                packed = _packed(config)
                 _tuner(
-                    config, config.trials - used, experiment, _Watch(config, first, on_trial)
+                    packed, config.trials - used, experiment, _Watch(packed, first, on_trial)
                 ).fit()
             finally:
                 if started_here:

@@ -99,6 +99,18 @@ def _twin(study: optuna.Study, arch_json: str) -> FrozenTrial | None:
     return next((t for t in completed(study) if t.user_attrs.get("arch") == arch_json), None)
 
 
+def _reuse(twin: FrozenTrial, attrs: Attrs, report: Report | None) -> Outcome:
+    """The outcome of ``twin``, the same architecture trained earlier in the study (its epochs
+    passed to ``report`` when given)."""
+    epochs = twin.user_attrs.get("epoch_accuracies", [])
+    attrs.set_user_attr("duplicate_of", twin.number)
+    attrs.set_user_attr("epoch_accuracies", epochs)
+    attrs.set_user_attr("train_seconds", 0.0)
+    for epoch, accuracy in enumerate(epochs if report is not None else []):
+        report(epoch, accuracy)
+    return Outcome(TrialState.COMPLETE, (twin.values[0], twin.values[1]))
+
+
 def train(
     attrs: Attrs,
     arch: ArchSpec,
@@ -118,13 +130,7 @@ def train(
     """
     twin = _twin(study, arch.to_json())
     if twin is not None:
-        attrs.set_user_attr("duplicate_of", twin.number)
-        attrs.set_user_attr("epoch_accuracies", twin.user_attrs.get("epoch_accuracies", []))
-        attrs.set_user_attr("train_seconds", 0.0)
-        if replay:
-            for epoch, accuracy in enumerate(twin.user_attrs.get("epoch_accuracies", [])):
-                report(epoch, accuracy)
-        return Outcome(TrialState.COMPLETE, (twin.values[0], twin.values[1]))
+        return _reuse(twin, attrs, report if replay else None)
     accuracies: list[float] = []
     escaped: list[BaseException] = []  # what ``report`` raised, to tell it from a failure
     started = time.perf_counter()
@@ -140,7 +146,13 @@ def train(
 
     try:
         result = proxy.train(
-            arch, data, config.proxy, seed=config.seed, device=config.device, report=epoch_done
+            arch,
+            data,
+            config.proxy,
+            seed=config.seed,
+            device=config.device,
+            report=epoch_done,
+            cuda_graphs=config.cuda_graphs,
         )
     except TrialStopped as stop:
         outcome = Outcome(TrialState.PRUNED, reason=str(stop))

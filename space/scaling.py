@@ -35,6 +35,7 @@ __all__ = [
     "round_width",
     "scale",
     "scale_by",
+    "spread_candidates",
 ]
 
 ALPHA, BETA, GAMMA = 1.2, 1.3, 1.15
@@ -199,3 +200,23 @@ def coefficient_grid(
         if gamma <= highest:
             out.append((alpha, beta, round(gamma, 4)))
     return out
+
+
+def spread_candidates(
+    grid: list[tuple[float, float, float]],
+    count: int,
+    first: tuple[float, float, float] = (ALPHA, BETA, GAMMA),
+) -> list[tuple[float, float, float]]:
+    """``count`` coefficient triples spread over ``grid``: ``first`` (CMT's), then each time
+    the grid's triple farthest (in log alpha, log beta, log gamma) from those already chosen."""
+
+    def distance(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+        return math.dist([math.log(x) for x in a], [math.log(x) for x in b])
+
+    chosen = [first]
+    pool = [c for c in grid if c != first]
+    while len(chosen) < count and pool:
+        best = max(pool, key=lambda c: (min(distance(c, d) for d in chosen), c))
+        chosen.append(best)
+        pool.remove(best)
+    return chosen

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import search.proxy
+import search.workers
 from search import ProxySettings, SearchConfig
 from search.proxy import DEFAULTS, ProxyResult
 
@@ -26,8 +27,8 @@ def fake_train(
 
 @pytest.fixture
 def fake_proxy(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Replace proxy training by ``fake_train``; the list collects the trained architectures
-    as JSON."""
+    """Replace proxy training by ``fake_train``, in this process (worker processes would not
+    see the replacement); the list collects the trained architectures as JSON."""
     calls: list[str] = []
 
     def counted(arch: Any, data: Any, *args: Any, **kwargs: Any) -> ProxyResult:
@@ -35,10 +36,14 @@ def fake_proxy(monkeypatch: pytest.MonkeyPatch) -> list:
         return fake_train(arch, data, *args, **kwargs)
 
     monkeypatch.setattr(search.proxy, "train", counted)
+    monkeypatch.setattr(search.workers, "step_workers", lambda config: 1)
     return calls
 
 
 def tiny(epochs: int = 1, **changes: Any) -> SearchConfig:
-    """A search small enough for the default test run: 0.12 GMACs on ``digits``."""
-    settings = dict(budget="0.12GFLOPs", data="digits", proxy=ProxySettings(epochs=epochs))
+    """A search small enough for the default test run: 0.12 GMACs on ``digits``, one training
+    at a time in this process (so that ``fake_proxy`` replaces every training)."""
+    settings = dict(
+        budget="0.12GFLOPs", data="digits", proxy=ProxySettings(epochs=epochs), parallel=1
+    )
     return SearchConfig(**{**settings, **changes})

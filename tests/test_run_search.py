@@ -25,15 +25,18 @@ RUN_FILES = (
     "trials.csv",
     "pareto.csv",
     "best_arch.json",
+    "scaling.csv",
     "family.csv",
     "family/Ti.json",
     "family/XS.json",
     "family/S.json",
     "family/B.json",
+    "baselines.csv",
     "pareto.png",
-    "family.png",
+    "tradeoff.png",
     "report.md",
     "study.journal",
+    "trainings.jsonl",
 )
 
 
@@ -56,17 +59,20 @@ def fingerprint(folder: Path) -> dict[str, str]:
 
 
 def test_the_command_writes_every_file(tmp_path: Path) -> None:
-    """A real (small) run through the command line."""
+    """A real (small) run through the command line, every step on, the trainings after the
+    search in worker processes (one per core)."""
     out = tmp_path / "run"
     done = cli(
         "--budget",
         "0.12GFLOPs",
         "--trials",
-        "3",
+        "2",
         "--epochs",
         "1",
         "--data",
         "digits",
+        "--baselines",
+        "cmt_ti",
         "--out",
         str(out),
     )
@@ -74,10 +80,15 @@ def test_the_command_writes_every_file(tmp_path: Path) -> None:
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 3 and (trials.macs <= 120_000_000).all()
+    assert len(trials) == 2 and (trials.macs <= 120_000_000).all()
     report = (out / "report.md").read_text()
     best = json.loads((out / "best_arch.json").read_text())
     assert f"{len(trials)} trials" in report and best["stem"] == "cmt"
+    assert report.index("Searched family against CMT") < report.index("All trials")
+    assert "Seed-to-seed noise of the proxy" in report and "CMT's are 1.2, 1.3, 1.15" in report
+    assert len(pd.read_csv(out / "scaling.csv")) == 3
+    assert pd.read_csv(out / "family.csv").accuracy.notna().all()
+    assert pd.read_csv(out / "baselines.csv").preset.tolist() == ["cmt_ti"]
     assert "report:" in done.stdout
 
 
@@ -104,8 +115,10 @@ def test_reports_rebuild_without_training(tmp_path: Path, fake_proxy: list) -> N
     assert run_search.main(args) == 0
     trained = len(fake_proxy)
     before = (out / "report.md").read_text()
-    for name in ("report.md", "pareto.png", "family.png", "trials.csv", "family.csv"):
-        (out / name).unlink()
+    kept = {"study.journal", "trainings.jsonl", "config.json"}
+    for path in out.rglob("*"):
+        if path.is_file() and path.name not in kept:
+            path.unlink()
     assert run_search.main(["--out", str(out), "--report-only"]) == 0
     assert len(fake_proxy) == trained
     assert (out / "report.md").read_text() == before
@@ -125,20 +138,13 @@ def test_a_moved_run_folder_rebuilds_where_it_is(tmp_path: Path, fake_proxy: lis
 
 def test_rerun_resumes_and_extends(tmp_path: Path, fake_proxy: list) -> None:
     out = tmp_path / "run"
-    args = ["--budget", "0.6G", "--data", "digits", "--out", str(out)]
+    args = ["--budget", "0.6G", "--data", "digits", "--baselines", "none", "--out", str(out)]
     assert run_search.main([*args, "--trials", "3"]) == 0
     assert run_search.main([*args, "--trials", "5"]) == 0
-    assert len(fake_proxy) == 5 and len(pd.read_csv(out / "trials.csv")) == 5
-
-
-def test_train_family(tmp_path: Path, fake_proxy: list) -> None:
-    out = tmp_path / "run"
-    args = ["--budget", "0.6G", "--trials", "2", "--data", "digits", "--out", str(out)]
-    assert run_search.main([*args, "--train-family"]) == 0
-    family = pd.read_csv(out / "family.csv")
-    assert family.accuracy.notna().all()
-    assert run_search.main(["--out", str(out), "--report-only"]) == 0  # accuracies kept
-    assert pd.read_csv(out / "family.csv").accuracy.notna().all()
+    assert len(pd.read_csv(out / "trials.csv")) == 5
+    keys = [json.loads(line)["key"] for line in (out / "trainings.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys))
+    assert len(fake_proxy) == 5 + len(keys)  # each trial and each later training ran once
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ import pandas as pd
 import pytest
 
 from reports import plots
-from reports.tables import best_within_budget, family_table, pareto_data, pareto_front
+from reports.tables import pareto_data, pareto_front
+from search.pipeline import best_within_budget
 from search.records import COLUMNS
-from space import presets
-from space.cost import estimate
-from space.scaling import family
 
 
 def trials(*rows: tuple[int, str, float | None, float | None]) -> pd.DataFrame:
@@ -53,17 +51,6 @@ def test_best_within_budget() -> None:
     assert best_within_budget(TABLE, int(4e9)).number == 3
     assert best_within_budget(TABLE, int(3.6e9)).number == 1  # ties go to the earlier trial
     assert best_within_budget(TABLE, int(2.5e9)) is None
-
-
-def test_family_table_has_every_variant_beside_the_published_cmt() -> None:
-    members = family(presets.get("cmt_s"))
-    table = family_table(members, {v: estimate(a) for v, a in members.items()}, {"S": 0.5})
-    assert table.variant.tolist() == ["Ti", "XS", "S", "B"]
-    assert table.macs.is_monotonic_increasing
-    assert table.cmt_macs.tolist() == [
-        presets.PUBLISHED[n].macs for n in ("cmt_ti", "cmt_xs", "cmt_s", "cmt_b")
-    ]
-    assert table.accuracy.isna().tolist() == [True, True, False, True]
 
 
 @pytest.mark.parametrize("mixes", [3, 30])

@@ -247,7 +247,9 @@ def test_a_recorded_search_is_repeated_exactly(tmp_path: Path) -> None:
     """Three real trials on ``digits`` give the architectures and accuracies recorded in
     ``recorded/digits-3-trials.json``. It was made before the search core was restructured, and
     is made again only with a deliberate change to the models or the proxy (so far: a last
-    Dual stage lost its closing LayerNorm, -224 parameters in trial 2, same accuracy)."""
+    Dual stage lost its closing LayerNorm, -224 parameters in trial 2, same accuracy; the proxy
+    warms up over 30% of its steps, drops each epoch's partial batch and trains small depthwise
+    convolutions through a written-out backward: the same architectures, new accuracies)."""
     recorded = json.loads((Path(__file__).parent / "recorded" / "digits-3-trials.json").read_text())
     table = run(tiny(trials=3, seed=0, out=str(tmp_path / "run")))
     assert len(table) == len(recorded)
@@ -290,3 +292,37 @@ def test_a_search_whose_trials_all_fail_the_same_way_stops(tmp_path: Path, backe
     with pytest.raises(storage.RepeatedFailure):
         run(config)
     assert len(trial_table(config)) >= len(table) + 3
+
+
+@pytest.mark.parametrize(
+    ("backend", "package", "installed", "message"),
+    [
+        ("optuna", "optuna", "4.9.0", "the optuna backend needs optuna >= 5.0, but 4.9.0"),
+        ("ray", "ray", "2.40.0", "the ray backend needs ray >= 2.41, but 2.40.0"),
+    ],
+)
+def test_a_too_old_backend_package_is_named(
+    monkeypatch: pytest.MonkeyPatch, backend: str, package: str, installed: str, message: str
+) -> None:
+    from importlib import metadata
+
+    from search import backends
+
+    real = metadata.version
+    monkeypatch.setattr(
+        metadata, "version", lambda name: installed if name == package else real(name)
+    )
+    with pytest.raises(ValueError, match=message):
+        backends.check_versions(backend)
+    assert backends._release("2.41.0rc1") == (2, 41, 0)
+
+
+def test_two_trials_at_a_time_share_the_study(tmp_path: Path) -> None:
+    """Two worker processes on one journal (real trainings on digits): every slot used once,
+    no trial twice, the folder still refuses another run."""
+    config = tiny(trials=4, out=str(tmp_path / "run"), parallel=2)
+    table = run(config)
+    assert len(table) == 4 and set(table.state) <= {"COMPLETE", "PRUNED"}
+    assert (table.macs <= config.budget_macs).all()
+    with storage.folder_lock(config.out), pytest.raises(storage.FolderBusy):
+        run(dataclasses.replace(config, trials=6))

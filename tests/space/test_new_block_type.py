@@ -16,7 +16,7 @@ from blocks.formulas import Cost, conv
 from blocks.layers import Transition
 from blocks.registry import BlockOptions, SharedChoices, Stage, StagePlan, TrialLike
 from reports.report import write_reports
-from search import run
+from search import pipeline
 from space.cost import count, estimate
 from space.sampling import block_types, sample
 from tests.conftest import tiny
@@ -89,10 +89,10 @@ def test_its_formula_equals_fvcores_count(toy: None) -> None:
 
 
 def test_a_search_and_its_reports_take_it(toy: None, tmp_path: Path, fake_proxy: list) -> None:
-    config = tiny(trials=12, out=str(tmp_path / "run"), seed=3)
-    table = run(config)
-    assert table.blocks.str.contains("toy").any()
-    write_reports(config.out, config, table)
+    config = tiny(trials=12, out=str(tmp_path / "run"), seed=3, scaling="cmt", baselines="none")
+    results = pipeline.run(config)
+    assert results.trials.blocks.str.contains("toy").any()
+    write_reports(config.out, config, results)
     assert "toy" in (tmp_path / "run" / "trials.csv").read_text()
     assert (tmp_path / "run" / "pareto.png").stat().st_size > 0
 

@@ -1,0 +1,325 @@
+"""A run as a pipeline (SPEC section 10), each step recorded in the run folder as it finishes.
+
+1. ``search``: the architecture search within the budget (the backend's trials, in
+   ``study.journal``). S is the most accurate completed trial within the budget.
+2. ``scaling``: alpha/beta/gamma candidates built from S's measured MAC exponents (CMT's
+   (1.2, 1.3, 1.15) first, then the grid's most spread-out triples), each scored by
+   proxy-training S scaled by it to ``SCALING_PHI``; the most accurate is chosen. With
+   ``config.scaling == "cmt"`` CMT's coefficients are kept and nothing is trained.
+3. ``family``: Ti/XS/S/B of S (phi -2, -1, 0, +1) with the chosen coefficients. S is its search
+   trial, and XS is the chosen candidate's own training when the scaling step ran.
+4. ``baselines``: the published presets named in ``config.baselines`` (CMT-Ti...B by default).
+5. ``noise``: S and CMT-S trained again with the next seed: the proxy's seed-to-seed noise.
+
+Every training of steps 2-5 follows one proxy recipe, whose input size scales with the
+model's own (``SearchConfig.proxy_for``), and is recorded in ``trainings.jsonl`` as it ends
+(``search.trainings``). Planning a step needs no training, so a rerun trains only what is
+missing and ``--report-only`` rebuilds every file from the folder. The trainings after the
+search run ``search.workers.step_workers`` at a time in worker processes: the scaling
+candidates first, then the largest of the others, the family as soon as it is planned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from search import backends, proxy, storage, workers
+from search import data as datasets
+from search.config import SearchConfig
+from search.records import OnTrial, to_frame
+from search.trainings import Training, TrainingLog, training_key
+from space import presets
+from space.cost import estimate
+from space.genotype import ArchSpec
+from space.scaling import (
+    ALPHA,
+    BETA,
+    FAMILY_PHI,
+    GAMMA,
+    coefficient_grid,
+    mac_exponents,
+    scale,
+    spread_candidates,
+)
+
+__all__ = ["SCALING_PHI", "Job", "Results", "best_within_budget", "run"]
+
+SCALING_PHI = -1.0  # where candidates are scored (README: measured cost, why not +1)
+CMT_COEFFICIENTS = (ALPHA, BETA, GAMMA)
+OnStep = Callable[[int, int, list[str]], None]
+"""Progress of the trainings after the search: ``on_step(done, total, running)``, ``running``
+naming what trains now (``"baselines: cmt_b"``)."""
+
+
+class Job(NamedTuple):
+    """One proxy training a step needs: why (``step``, ``label``, ``facts`` for its table),
+    what (``arch``), how (``recipe``) and with which ``seed``."""
+
+    step: str
+    label: str
+    arch: ArchSpec
+    recipe: proxy.ProxySettings
+    seed: int
+    facts: dict[str, Any]
+
+
+class Row(NamedTuple):
+    """A job and its training (None while it has not run)."""
+
+    job: Job
+    training: Training | None
+
+    @property
+    def accuracy(self) -> float | None:
+        """The proxy accuracy, or None when not trained or failed (collapsed included)."""
+        training = self.training
+        return None if training is None or training.failed else training.accuracy
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """What a run produced, for the reports: the trial table, S (the best trial within the
+    budget, None without one), the rows of each training step, and the chosen coefficients."""
+
+    trials: pd.DataFrame
+    best: pd.Series | None
+    scaling: list[Row]
+    coefficients: tuple[float, float, float]
+    family: list[Row]
+    baselines: list[Row]
+    noise: list[Row]
+
+
+def best_within_budget(trials: pd.DataFrame, budget_macs: int) -> pd.Series | None:
+    """The most accurate completed trial within the budget (fewer MACs, then earlier, on ties)."""
+    scored = trials[(trials.state == "COMPLETE") & trials.accuracy.notna() & trials.macs.notna()]
+    scored = scored[scored.macs <= budget_macs]
+    if scored.empty:
+        return None
+    return scored.sort_values(["accuracy", "macs", "number"], ascending=[False, True, True]).iloc[0]
+
+
+def _job(step: str, label: str, arch: ArchSpec, config: SearchConfig, **facts: Any) -> Job:
+    seed = config.seed + facts.pop("seed_offset", 0)
+    return Job(step, label, arch, config.proxy_for(arch.resolution), seed, facts)
+
+
+def _scaling_jobs(s: ArchSpec, config: SearchConfig) -> list[Job]:
+    if config.scaling == "cmt":
+        return []
+    grid = coefficient_grid(mac_exponents(s))
+    jobs = []
+    for alpha, beta, gamma in spread_candidates(grid, config.scaling_candidates):
+        member = scale(s, SCALING_PHI, alpha, beta, gamma)
+        label = f"alpha {alpha:g}, beta {beta:g}, gamma {gamma:g}"
+        jobs.append(_job("scaling", label, member, config, alpha=alpha, beta=beta, gamma=gamma))
+    return jobs
+
+
+def _chosen(rows: list[Row]) -> tuple[float, float, float]:
+    """The most accurate candidate's coefficients (the first listed on ties: CMT's); CMT's
+    when no candidate has an accuracy."""
+    scored = [row for row in rows if row.accuracy is not None]
+    if not scored:
+        return CMT_COEFFICIENTS
+    best = max(scored, key=lambda row: row.accuracy)
+    return best.job.facts["alpha"], best.job.facts["beta"], best.job.facts["gamma"]
+
+
+def _family_jobs(s: ArchSpec, coefficients: tuple[float, ...], config: SearchConfig) -> list[Job]:
+    return [
+        _job("family", variant, scale(s, phi, *coefficients), config, phi=phi)
+        for variant, phi in FAMILY_PHI.items()
+    ]
+
+
+def baseline_names(config: SearchConfig) -> list[str]:
+    """The presets ``config.baselines`` names (``none``: none)."""
+    text = config.baselines.strip()
+    return [] if text == "none" else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _baseline_jobs(config: SearchConfig) -> list[Job]:
+    return [
+        _job("baselines", name, presets.get(name), config, preset=name)
+        for name in baseline_names(config)
+    ]
+
+
+def _noise_jobs(s: ArchSpec, config: SearchConfig) -> list[Job]:
+    pairs = [("S", s)]
+    if "cmt_s" in baseline_names(config):
+        pairs.append(("cmt_s", presets.get("cmt_s")))
+    return [
+        _job("noise", f"{name}, seed {config.seed + 1}", arch, config, pair=name, seed_offset=1)
+        for name, arch in pairs
+    ]
+
+
+def _search_training(best: pd.Series, config: SearchConfig) -> Training:
+    """S's search trial as a recorded training (the search trained it with the run's seed)."""
+    arch = ArchSpec.from_json(best.arch)
+    epochs = tuple(json.loads(best.epoch_accuracies))
+    result = proxy.ProxyResult(float(best.accuracy), epochs, float(best.train_seconds or 0), 0.0)
+    return Training.of(
+        "search", f"trial {int(best.number)}", arch, config.proxy, config.data, config.seed, result
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str) -> datasets.ImageData:
+    return datasets.load(name)
+
+
+def _train_job(job: Job, data: str, device: str, cuda_graphs: bool) -> proxy.ProxyResult:
+    """One job's proxy training (in this process or in a worker)."""
+    return proxy.train(
+        job.arch, _dataset(data), job.recipe, seed=job.seed, device=device, cuda_graphs=cuda_graphs
+    )
+
+
+def _largest_first(jobs: list[Job]) -> list[Job]:
+    return sorted(jobs, key=lambda job: -estimate(job.arch).macs)
+
+
+class _Trainer:
+    """Looks jobs up in the run folder's log and, when allowed, trains the missing ones,
+    ``workers`` at a time, recording each as it ends."""
+
+    def __init__(self, config: SearchConfig, log: TrainingLog, train: bool, on_step: OnStep):
+        self.config, self.log, self.train, self.on_step = config, log, train, on_step
+        self.done = log.load()
+        self.workers = workers.step_workers(config) if train else 1
+        self.finished, self.total = 0, 0
+        self.running: dict[Any, Job] = {}
+
+    def _key(self, job: Job) -> str:
+        return training_key(job.arch, job.recipe, self.config.data, job.seed)
+
+    def known(self, job: Job) -> Training | None:
+        return self.done.get(self._key(job))
+
+    def rows(self, jobs: list[Job]) -> list[Row]:
+        """Each job with its training (None when it has not run)."""
+        return [Row(job, self.known(job)) for job in jobs]
+
+    def _missing(self, jobs: list[Job]) -> list[Job]:
+        """The jobs not trained yet, each training once (two jobs may be the same training)."""
+        unique = {self._key(job): job for job in jobs if self.known(job) is None}
+        return list(unique.values())
+
+    def run(self, first: list[Job], rest: list[Job], then: Callable[[], list[Job]]) -> None:
+        """Train what is missing of ``first``, of ``then()`` (planned once ``first`` is done)
+        and of ``rest``. One worker trains them in that order; several start with ``first``
+        and the largest of ``rest``, and take ``then()``'s as soon as it can be planned."""
+        if not self.train:
+            return
+        if self.workers == 1:
+            for job in self._missing(first):
+                self._one(job)
+            for job in self._missing(then() + rest):
+                self._one(job)
+        else:
+            self._parallel(first, rest, then)
+        self._show()
+
+    def _one(self, job: Job) -> None:
+        self.total = max(self.total, self.finished + 1)
+        self.running = {None: job}
+        self._show()
+        config = self.config
+        self.running = {}
+        self._record(job, _train_job(job, config.data, config.device, config.cuda_graphs))
+
+    def _parallel(self, first: list[Job], rest: list[Job], then: Callable[[], list[Job]]) -> None:
+        config, planned = self.config, False
+        queue = self._missing(first) + _largest_first(self._missing(rest))
+        firsts = {self._key(job) for job in first}
+        self.total = len(queue)
+        with workers.pool(self.workers, proxy.resolve_device(config.device)) as executor:
+            while queue or self.running or not planned:
+                waiting = {self._key(job) for job in [*queue, *self.running.values()]}
+                if not planned and firsts.isdisjoint(waiting):
+                    extra = _largest_first(self._missing(then()))
+                    queue, planned = extra + queue, True
+                    self.total += len(extra)
+                    continue
+                while queue and len(self.running) < self.workers:
+                    job = queue.pop(0)
+                    future = executor.submit(
+                        _train_job, job, config.data, config.device, config.cuda_graphs
+                    )
+                    self.running[future] = job
+                self._show()
+                ended, _ = futures.wait(self.running, return_when=futures.FIRST_COMPLETED)
+                for future in ended:
+                    self._record(self.running.pop(future), future.result())
+
+    def _record(self, job: Job, result: proxy.ProxyResult) -> None:
+        training = Training.of(
+            job.step, job.label, job.arch, job.recipe, self.config.data, job.seed, result
+        )
+        self.log.add(training)
+        self.done[training.key] = training
+        self.finished += 1
+
+    def _show(self) -> None:
+        labels = [f"{job.step}: {job.label}" for job in self.running.values()]
+        self.on_step(self.finished, max(self.total, self.finished), labels)
+
+
+def _steps(config: SearchConfig, trials: pd.DataFrame, trainer: _Trainer) -> Results:
+    """Steps 2-5 after the search: plan, look up, train what is missing."""
+    best = best_within_budget(trials, config.budget_macs)
+    if best is None:
+        return Results(trials, None, [], CMT_COEFFICIENTS, [], [], [])
+    s = ArchSpec.from_json(best.arch)
+    searched = _search_training(best, config)
+    trainer.done.setdefault(searched.key, searched)
+    scaling_jobs = _scaling_jobs(s, config)
+    baseline_jobs, noise_jobs = _baseline_jobs(config), _noise_jobs(s, config)
+
+    def family_jobs() -> list[Job]:
+        return _family_jobs(s, _chosen(trainer.rows(scaling_jobs)), config)
+
+    trainer.run(scaling_jobs, baseline_jobs + noise_jobs, family_jobs)
+    scaling = trainer.rows(scaling_jobs)
+    return Results(
+        trials,
+        best,
+        scaling,
+        _chosen(scaling),
+        trainer.rows(family_jobs()),
+        trainer.rows(baseline_jobs),
+        trainer.rows(noise_jobs),
+    )
+
+
+def run(
+    config: SearchConfig,
+    *,
+    on_trial: OnTrial | None = None,
+    on_step: OnStep | None = None,
+    report_only: bool = False,
+) -> Results:
+    """Run (or resume) every step of ``config``'s run; with ``report_only`` run nothing and
+    return what the run folder holds."""
+    if report_only:
+        trials = to_frame(storage.records(config.out))
+        return _steps(config, trials, _Trainer(config, TrainingLog(config.out), False, _quiet))
+    backends.get(config.backend).run(config, on_trial)
+    with storage.folder_lock(config.out):
+        trials = to_frame(storage.records(config.out))
+        trainer = _Trainer(config, TrainingLog(config.out), True, on_step or _quiet)
+        return _steps(config, trials, trainer)
+
+
+def _quiet(done: int, total: int, running: list[str]) -> None:
+    """No progress display."""
