@@ -1,5 +1,7 @@
-"""Search a hybrid backbone within a MAC budget, scale it into a Ti/XS/S/B family, train it
-and the published CMT family under the same proxy, and report which is more accurate per MAC.
+"""Search a hybrid backbone within a MAC budget, scale it, and hold its family against CMT's.
+
+The searched Ti/XS/S/B family and the published CMT family are trained under the same proxy,
+and the report says which is more accurate at each size.
 
     python run_search.py --budget 4GFLOPs                  # the embedded dataset, this machine
     python run_search.py --budget 600M --trials 30 --out runs/small

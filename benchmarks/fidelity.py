@@ -1,17 +1,22 @@
-"""Proxy fidelity: does the short proxy rank architectures the way 5 times longer training does?
+"""Proxy fidelity: does the short proxy rank architectures the way much longer training does?
 
-    python benchmarks/fidelity.py --archs 10 --long-seeds  # the default proxy (~1.6 h, 2 cores)
-    python benchmarks/fidelity.py --data digits --epochs 2   # another dataset and length
+    python benchmarks/fidelity.py --archs 10                       # the default proxy
+    python benchmarks/fidelity.py --archs 10 --resolution 24       # a proxy at 24 px
+    python benchmarks/fidelity.py --archs 10 --long-resolution 64 --long-epochs 10 --long-seeds
 
 Samples ``--archs`` architectures from the search space at ``--budget`` (Optuna's
-RandomSampler, seed 0), trains each with the proxy (``--epochs``) and with ``--factor`` times as
-many epochs, and reports the Kendall tau between the two rankings, the spread of the proxy's
-accuracies, and the tau between two proxy seeds (the proxy's own noise); ``--long-seeds`` also
-trains the long run with a second seed, which measures how well the reference ranks itself.
-Every training is appended to ``benchmarks/results/fidelity-<data>.jsonl`` and reused when the
-command runs again, so an interrupted run resumes. Rows are keyed by architecture, epochs,
-resolution and seed only: after a change to the trainer's arithmetic, delete the rows it makes
-stale (the README says which rows were made by which trainer).
+RandomSampler, seed 0) and trains each twice with the proxy under test (seeds 0 and 1: its own
+noise) and with the reference, a longer training (``--long-epochs``, at ``--long-resolution``,
+warm-up over 10% of its steps); ``--long-seeds`` trains the reference with a second seed too,
+which measures how well the reference ranks itself. It reports the Kendall tau between the
+rankings (with its p-value), the spread of the proxy's accuracies and its seconds per training.
+
+Every training is appended to ``benchmarks/results/fidelity-<data>.jsonl`` as it ends, keyed by
+architecture, whole recipe and seed, and reused when the command runs again, so an interrupted
+run resumes and proxies share their references. Rows written before recipes were recorded are
+read as the recipe of their time (warm-up over 10% of the steps, the rest as today). After a
+change to the trainer's arithmetic, delete the rows it makes stale (the README says which rows
+were made by which trainer).
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ import dataclasses
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import optuna
 from scipy.stats import kendalltau
 
 from search import data as datasets
-from search.proxy import DEFAULTS, train
+from search.proxy import DEFAULTS, ProxySettings, train
 from space.cost import estimate, parse_budget
 from space.genotype import ArchSpec
 from space.sampling import sample
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REFERENCE_WARMUP = 0.1  # the reference's warm-up, as its existing runs were made
+OLD_ROWS = {"warmup_fraction": 0.1}  # what rows without a recipe were trained with
 
 
 def sampled(n: int, budget: int, seed: int = 0) -> list[ArchSpec]:
@@ -39,44 +47,37 @@ def sampled(n: int, budget: int, seed: int = 0) -> list[ArchSpec]:
     return [sample(study.ask(), budget) for _ in range(n)]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="default")
-    parser.add_argument("--archs", type=int, default=12)
-    parser.add_argument("--budget", default="4GFLOPs")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution)
-    parser.add_argument("--factor", type=int, default=5)
-    parser.add_argument(
-        "--long-epochs", type=int, default=None, help="epochs of the long run (default factor x)"
-    )
-    parser.add_argument(
-        "--long-seeds",
-        action="store_true",
-        help="also train the long run with a second seed: the reference's own noise",
-    )
-    args = parser.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def _key(arch: str, recipe: dict[str, Any], seed: int) -> str:
+    return json.dumps([arch, recipe, seed], sort_keys=True)
 
-    data = datasets.load(args.data)
-    RESULTS.mkdir(exist_ok=True)
-    name = datasets.DEFAULT if args.data == "default" else args.data
-    log = RESULTS / f"fidelity-{name.replace(':', '_').replace('/', '_')}.jsonl"
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["arch"], row["epochs"], row["resolution"], row["seed"])] = row
 
-    def run(arch: ArchSpec, epochs: int, seed: int) -> dict:
-        key = (arch.to_json(), epochs, args.resolution, seed)
-        if key not in done:
-            settings = dataclasses.replace(DEFAULTS, epochs=epochs, resolution=args.resolution)
-            result = train(arch, data, settings, seed=seed)
+class Log:
+    """The results file: trainings by (architecture, recipe, seed); trains what is missing."""
+
+    def __init__(self, path: Path, data: datasets.ImageData) -> None:
+        self.path, self.data, self.done = path, data, {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                recipe = row.get("recipe") or dataclasses.asdict(
+                    dataclasses.replace(
+                        DEFAULTS,
+                        epochs=row["epochs"],
+                        resolution=row["resolution"],
+                        **OLD_ROWS,
+                    )
+                )
+                self.done[_key(row["arch"], recipe, row["seed"])] = row
+
+    def get(self, arch: ArchSpec, recipe: ProxySettings, seed: int) -> dict:
+        key = _key(arch.to_json(), dataclasses.asdict(recipe), seed)
+        if key not in self.done:
+            result = train(arch, self.data, recipe, seed=seed)
             row = {
-                "arch": key[0],
-                "epochs": epochs,
-                "resolution": args.resolution,
+                "arch": arch.to_json(),
+                "recipe": dataclasses.asdict(recipe),
+                "epochs": recipe.epochs,
+                "resolution": recipe.resolution,
                 "seed": seed,
                 "accuracy": result.accuracy,
                 "epoch_accuracies": result.epoch_accuracies,
@@ -85,30 +86,93 @@ def main(argv: list[str] | None = None) -> None:
                 "failed": result.failed,
                 "reason": result.reason,
             }
-            with log.open("a") as f:
+            with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            done[key] = row
-        return done[key]
+            self.done[key] = row
+        return self.done[key]
 
-    long_epochs = args.long_epochs or args.factor * args.epochs
-    budget = parse_budget(args.budget)
-    archs = sampled(args.archs, budget)
-    print(
-        f"data {args.data}, {args.archs} architectures at {budget / 1e9:g} GMACs, proxy "
-        f"{args.epochs} epochs at {args.resolution}px, long {long_epochs} epochs"
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="default")
+    parser.add_argument("--archs", type=int, default=10)
+    parser.add_argument("--budget", default="4GFLOPs")
+    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="the proxy's")
+    parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution, help="the proxy's")
+    parser.add_argument(
+        "--warmup", type=float, default=DEFAULTS.warmup_fraction, help="the proxy's warm-up"
     )
-    print("| # | blocks | GMACs | params | proxy | proxy seed 1 | long | long seed 1 | proxy s |")
+    parser.add_argument("--long-epochs", type=int, default=10, help="the reference's epochs")
+    parser.add_argument(
+        "--long-resolution", type=int, default=32, help="the reference's input size"
+    )
+    parser.add_argument(
+        "--long-seeds",
+        action="store_true",
+        help="also train the reference with a second seed: the reference's own noise",
+    )
+    return parser
+
+
+def _report(
+    proxy: list[float], again: list[float], long: list[float], long_again: list[float]
+) -> None:
+    tau = kendalltau(proxy, long)
+    noise = kendalltau(proxy, again)
+    print()
+    print(f"Kendall tau, proxy vs reference: {tau.statistic:.3f} (p = {tau.pvalue:.3f})")
+    mean = [(a + b) / 2 for a, b in zip(proxy, again, strict=True)]
+    tau_mean = kendalltau(mean, long).statistic
+    print(f"Kendall tau, mean of the two proxy seeds vs reference: {tau_mean:.3f}")
+    print(f"Kendall tau, proxy seed 0 vs seed 1: {noise.statistic:.3f}")
+    if long_again:
+        reference = kendalltau(long, long_again).statistic
+        print(f"Kendall tau, reference seed 0 vs seed 1 (its own noise): {reference:.3f}")
+        both = [(a + b) / 2 for a, b in zip(long, long_again, strict=True)]
+        tau_both = kendalltau(proxy, both).statistic
+        print(f"Kendall tau, proxy vs the mean of the two references: {tau_both:.3f}")
+    for name, values in (("proxy", proxy), ("reference", long)):
+        print(
+            f"{name} accuracy: min {min(values):.3f}, max {max(values):.3f}, "
+            f"spread {max(values) - min(values):.3f}, std {statistics.stdev(values):.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    RESULTS.mkdir(exist_ok=True)
+    name = datasets.DEFAULT if args.data == "default" else args.data
+    path = RESULTS / f"fidelity-{name.replace(':', '_').replace('/', '_')}.jsonl"
+    log = Log(path, datasets.load(args.data))
+    proxy_recipe = dataclasses.replace(
+        DEFAULTS, epochs=args.epochs, resolution=args.resolution, warmup_fraction=args.warmup
+    )
+    reference = dataclasses.replace(
+        DEFAULTS,
+        epochs=args.long_epochs,
+        resolution=args.long_resolution,
+        warmup_fraction=REFERENCE_WARMUP,
+    )
+    archs = sampled(args.archs, parse_budget(args.budget))
+    print(f"data {args.data}, {args.archs} architectures at {args.budget}")
+    print(f"proxy: {proxy_recipe}\nreference: {reference}")
+    print(
+        "| # | blocks | GMACs | params | proxy | proxy seed 1 | reference | reference seed 1 "
+        "| proxy s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    proxy, again, long, long_again = [], [], [], []
+    proxy, again, long, long_again, seconds = [], [], [], [], []
     for i, arch in enumerate(archs):
-        short, repeat = run(arch, args.epochs, 0), run(arch, args.epochs, 1)
-        full = run(arch, long_epochs, 0)
+        short, repeat = log.get(arch, proxy_recipe, 0), log.get(arch, proxy_recipe, 1)
+        full = log.get(arch, reference, 0)
         proxy.append(short["accuracy"])
         again.append(repeat["accuracy"])
         long.append(full["accuracy"])
+        seconds.append(short["seconds"])
         other = "-"
         if args.long_seeds:
-            long_again.append(run(arch, long_epochs, 1)["accuracy"])
+            long_again.append(log.get(arch, reference, 1)["accuracy"])
             other = f"{long_again[-1]:.3f}"
         cost = estimate(arch)
         print(
@@ -117,26 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {other} | {short['seconds']:.0f} |",
             flush=True,
         )
-    tau = kendalltau(proxy, long)
-    noise = kendalltau(proxy, again)
-    print()
-    print(f"Kendall tau, proxy vs {long_epochs} epochs: {tau.statistic:.3f} (p = {tau.pvalue:.3f})")
-    print(f"Kendall tau, proxy seed 0 vs seed 1: {noise.statistic:.3f}")
-    if long_again:
-        reference = kendalltau(long, long_again).statistic
-        print(f"Kendall tau, long seed 0 vs seed 1 (the reference's own noise): {reference:.3f}")
-        mean = [(a + b) / 2 for a, b in zip(long, long_again, strict=True)]
-        tau_mean = kendalltau(proxy, mean).statistic
-        print(f"Kendall tau, proxy vs the mean of the two long runs: {tau_mean:.3f}")
-    print(
-        f"proxy accuracy: min {min(proxy):.3f}, max {max(proxy):.3f}, "
-        f"spread {max(proxy) - min(proxy):.3f}, std {statistics.stdev(proxy):.3f}"
-    )
-    print(
-        f"long accuracy: min {min(long):.3f}, max {max(long):.3f}, "
-        f"spread {max(long) - min(long):.3f}, std {statistics.stdev(long):.3f}"
-    )
-    seconds = [run(a, args.epochs, 0)["seconds"] for a in archs]
+    _report(proxy, again, long, long_again)
     print(f"proxy seconds: median {statistics.median(seconds):.0f}, max {max(seconds):.0f}")
 
 

@@ -126,11 +126,6 @@ class SearchConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.proxy, ProxySettings):
             raise ValueError(f"proxy must be ProxySettings, got {type(self.proxy).__name__}")
-        if self.proxy.resolution < MIN_RESOLUTION:
-            raise ValueError(
-                f"proxy resolution must be an integer >= {MIN_RESOLUTION}, "
-                f"got {self.proxy.resolution!r}"
-            )
         if self.scaling not in SCALING:
             raise ValueError(f"scaling must be one of {', '.join(SCALING)}, got {self.scaling!r}")
         value = self.scaling_candidates

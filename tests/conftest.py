@@ -42,8 +42,12 @@ def fake_proxy(monkeypatch: pytest.MonkeyPatch) -> list:
 
 def tiny(epochs: int = 1, **changes: Any) -> SearchConfig:
     """A search small enough for the default test run: 0.12 GMACs on ``digits``, one training
-    at a time in this process (so that ``fake_proxy`` replaces every training)."""
+    at a time in this process (so that ``fake_proxy`` replaces every training), at a proxy
+    input of 32 px (the recorded search was made at it)."""
     settings = dict(
-        budget="0.12GFLOPs", data="digits", proxy=ProxySettings(epochs=epochs), parallel=1
+        budget="0.12GFLOPs",
+        data="digits",
+        proxy=ProxySettings(epochs=epochs, resolution=32),
+        parallel=1,
     )
     return SearchConfig(**{**settings, **changes})

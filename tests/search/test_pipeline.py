@@ -107,7 +107,7 @@ def test_sigkill_during_the_family_then_rerun_trains_only_what_was_missing(
         "--data",
         "digits",
         "--baselines",
-        "cmt_ti,cmt_xs",
+        "cmt_ti",
         "--out",
         str(out),
     ]

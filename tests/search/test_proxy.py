@@ -95,7 +95,7 @@ def test_out_of_memory_gives_a_failed_result(
         return model
 
     monkeypatch.setattr(proxy, "build_model", hungry)
-    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1))
+    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1, resolution=32))
     assert result.failed and result.reason.startswith("out of memory: CUDA out of memory")
 
 
@@ -132,7 +132,7 @@ def test_a_training_too_large_for_memory_fails_before_allocating(
     need = proxy.training_bytes(tiny_arch(), 10, 32, 64)
     monkeypatch.setattr(proxy, "available_bytes", lambda device: need - 1)
     monkeypatch.setattr(proxy, "build_model", lambda *a, **k: pytest.fail("built a model"))
-    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1))
+    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1, resolution=32))
     assert result.failed and result.reason.startswith("out of memory before training")
     assert "GiB available on cpu" in result.reason
 
