@@ -1,6 +1,6 @@
 """Can the proxy see what the search changes? Per searched dimension, signal against seed noise.
 
-    python benchmarks/sensitivity.py --proxy-resolution 32 --workers 2   # the default proxy
+    python benchmarks/sensitivity.py --workers 2                         # the default proxy
     python benchmarks/sensitivity.py --proxy-resolution 64 --workers 2   # stage maps 16/8/4/2
     python benchmarks/sensitivity.py --presets --workers 2               # every preset, 2 seeds
 
@@ -13,12 +13,12 @@ report gives each choice's mean accuracy, the spread of those means, the seed-to
 deviation (pooled over the dimension's choices) and their ratio, the signal-to-noise ratio:
 a dimension whose spread is within about two standard deviations is one the proxy cannot rank.
 
-The proxy is the default recipe with ``--proxy-resolution`` as the searched input (224 px) and
-every model's input scaled by the run's rule (``SearchConfig.proxy_for``). ``--presets`` trains
-the published presets instead (two seeds): the trainability table. Every training is appended
-to ``benchmarks/results/sensitivity-<data>.jsonl`` as it ends, keyed by genotype, recipe and
-seed, so a rerun only trains what is missing. ``--workers N`` trains N at a time with one
-thread each (one thread's arithmetic: results do not depend on N).
+The proxy is the default recipe with ``--proxy-resolution`` and ``--epochs`` for a 224 px
+input, every model's input scaled by the run's rule (``SearchConfig.proxy_for``).
+``--presets`` trains the published presets instead (two seeds): the trainability table.
+Every training is appended to ``benchmarks/results/sensitivity-<data>.jsonl`` as it ends,
+keyed by genotype, recipe and seed, so a rerun only trains what is missing. ``--workers N``
+trains N at a time with one thread each (one thread's arithmetic: results do not depend on N).
 """
 
 from __future__ import annotations
@@ -266,14 +266,28 @@ def presets_summary(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="default")
-    parser.add_argument("--proxy-resolution", type=int, default=32)
+    parser.add_argument(
+        "--proxy-resolution",
+        type=int,
+        default=SearchConfig().proxy.resolution,
+        help="proxy input of a 224 px architecture (default: the default proxy's, %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=SearchConfig().proxy.epochs,
+        help="proxy epochs (default: the default proxy's, %(default)s)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--presets", action="store_true", help="the presets, two seeds each")
     args = parser.parse_args(argv)
     base_recipe = SearchConfig().proxy
     config = SearchConfig(
-        data=args.data, proxy=dataclasses.replace(base_recipe, resolution=args.proxy_resolution)
+        data=args.data,
+        proxy=dataclasses.replace(
+            base_recipe, resolution=args.proxy_resolution, epochs=args.epochs
+        ),
     )
     RESULTS.mkdir(exist_ok=True)
     name = datasets.DEFAULT if args.data == "default" else args.data

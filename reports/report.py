@@ -313,7 +313,8 @@ def _method_section(config: SearchConfig) -> list[str]:
         f"architecture trains at {recipe.resolution}px; every other model at "
         f"{recipe.resolution}px x its input / {config.resolution}px (the proxy input column), so "
         "resolution scaling is visible to the proxy. A training that ends below 1.5 x chance "
-        "collapsed and is not ranked.",
+        "(collapsed) or whose loss became non-finite is retrained once at a quarter of the "
+        "learning rate (its reason says so); if that fails too, it is not ranked.",
         f"- Search: {config.backend} backend, {config.sampler} sampler, early stopping "
         f"{'on' if config.prune else 'off'}; every setting is in [config.json](config.json).",
         "",

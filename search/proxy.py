@@ -16,8 +16,13 @@ A NaN or infinite loss or running out of memory ends that training with a failed
 ``ProxyResult`` that says why; it never raises. A training that would not fit in the device's
 memory (``search.memory``) fails before anything is allocated. A training that ends below 1.5 x
 chance has learnt nothing (it "collapsed"): its result is failed too, with its accuracy and the
-reason, so that it is never ranked as the architecture's accuracy. An exception raised by the
-``report`` callback (an Optuna pruner's ``TrialPruned``, say) is not caught.
+reason, so that it is never ranked as the architecture's accuracy. A training that collapsed or
+whose loss became non-finite is trained once more, from the same seed, at a quarter of the
+learning rate: deep plain transformers (the 25-block CSWin-T layout of ``aewin_t``) can diverge
+at the proxy's lr where every other design trains, and a proxy should rank architectures, not
+their tolerance of one learning rate. The result is the retry's, its ``reason`` says so, and
+every other training is untouched. An exception raised by the ``report`` callback (an Optuna
+pruner's ``TrialPruned``, say) is not caught.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ __all__ = [
 
 MIN_PROXY_RESOLUTION = 16  # stage maps of 4, 2, 1, 1
 COLLAPSED = 1.5  # a training ending below 1.5 x chance has learnt nothing: it is not ranked
+DIVERGED = ("collapsed", "the loss became")  # failures that a lower learning rate may cure
+RETRY_LR = 0.25  # the retry's learning rate over the recipe's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +104,8 @@ DEFAULTS = ProxySettings()
 
 @dataclasses.dataclass(frozen=True)
 class ProxyResult:
-    """The outcome of one proxy training; ``accuracy`` is validation top-1 in [0, 1]."""
+    """The outcome of one proxy training; ``accuracy`` is validation top-1 in [0, 1].
+    ``reason`` says why it failed, or, for a training retrained at a lower learning rate, so."""
 
     accuracy: float
     epoch_accuracies: tuple[float, ...]
@@ -362,10 +370,36 @@ def train(
 ) -> ProxyResult:
     """Train ``arch`` on ``data`` with the recipe ``settings``; see the module docstring.
 
-    ``report(epoch, accuracy)`` is called after every epoch (for pruning); ``progress`` shows a
-    tqdm bar (default: when standard error is a terminal); ``cuda_graphs`` captures the
-    training step on CUDA (``search.graphs``).
+    ``report(epoch, accuracy)`` is called after every epoch (for pruning; not during a retry at
+    the lower learning rate); ``progress`` shows a tqdm bar (default: when standard error is a
+    terminal); ``cuda_graphs`` captures the training step on CUDA (``search.graphs``).
     """
+    options = dict(seed=seed, device=device, progress=progress, cuda_graphs=cuda_graphs)
+    first = _train_once(arch, data, settings, report=report, **options)
+    if not first.failed or not first.reason.startswith(DIVERGED):
+        return first
+    lower = dataclasses.replace(settings, lr=settings.lr * RETRY_LR)
+    retry = _train_once(arch, data, lower, **options)
+    seconds = first.seconds + retry.seconds
+    if retry.failed:
+        reason = f"{retry.reason} (also at lr {lower.lr:g}; at lr {settings.lr:g}: {first.reason})"
+    else:
+        reason = f"retrained at lr {lower.lr:g}; at lr {settings.lr:g}: {first.reason}"
+    return dataclasses.replace(retry, seconds=seconds, reason=reason)
+
+
+def _train_once(
+    arch: ArchSpec,
+    data: ImageData,
+    settings: ProxySettings,
+    *,
+    seed: int,
+    device: str,
+    report: Callable[[int, float], None] | None = None,
+    progress: bool | None,
+    cuda_graphs: bool,
+) -> ProxyResult:
+    """One training with exactly ``settings``: ``train`` without the retry."""
     dev = resolve_device(device)
     start = time.perf_counter()
     seen, accuracies = 0, []

@@ -166,7 +166,8 @@ def train(
         if result.failed:
             outcome = Outcome(TrialState.FAIL, reason=result.reason)
         else:
-            outcome = Outcome(TrialState.COMPLETE, (result.accuracy, float(estimate(arch).macs)))
+            values = (result.accuracy, float(estimate(arch).macs))
+            outcome = Outcome(TrialState.COMPLETE, values, reason=result.reason)
     attrs.set_user_attr("train_seconds", time.perf_counter() - started)
     if outcome.reason:
         attrs.set_user_attr("fail_reason", outcome.reason)

@@ -80,6 +80,54 @@ def test_nan_loss_gives_a_failed_result(
     assert result.accuracy == 0.0
 
 
+def test_a_nan_loss_is_retried_once_at_a_quarter_of_the_learning_rate(
+    digits_subset: ImageData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build, built = proxy.build_model, []
+
+    def poisoned(*args: object, **kwargs: object) -> torch.nn.Module:
+        model = build(*args, **kwargs)
+        model.head.fc.register_forward_hook(lambda module, inputs, out: out * float("nan"))
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(proxy, "build_model", poisoned)
+    result = proxy.train(tiny_arch(), digits_subset, ProxySettings(epochs=1, lr=2e-3))
+    assert len(built) == 2 and result.failed
+    assert "(also at lr 0.0005; at lr 0.002: the loss became nan in epoch 1)" in result.reason
+
+
+def _collapse_then_learn(calls: list[ProxySettings]) -> object:
+    def fake(arch: ArchSpec, data: ImageData, settings: ProxySettings, **_: object):
+        calls.append(settings)
+        if len(calls) == 1:
+            return proxy.ProxyResult(0.1, (0.1,), 5.0, 100.0, True, "collapsed: 10.0% ...")
+        return proxy.ProxyResult(0.8, (0.8,), 6.0, 90.0)
+
+    return fake
+
+
+def test_a_collapsed_training_is_retrained_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[ProxySettings] = []
+    monkeypatch.setattr(proxy, "_train_once", _collapse_then_learn(calls))
+    result = proxy.train(tiny_arch(), None, ProxySettings(lr=2e-3))  # type: ignore[arg-type]
+    assert [c.lr for c in calls] == [2e-3, 5e-4]
+    assert not result.failed and result.accuracy == 0.8 and result.seconds == 11.0
+    assert result.reason == "retrained at lr 0.0005; at lr 0.002: collapsed: 10.0% ..."
+
+
+def test_other_failures_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[ProxySettings] = []
+
+    def out_of_memory(arch: ArchSpec, data: ImageData, settings: ProxySettings, **_: object):
+        calls.append(settings)
+        return proxy.ProxyResult(0.0, (), 1.0, 0.0, True, "out of memory: ...")
+
+    monkeypatch.setattr(proxy, "_train_once", out_of_memory)
+    result = proxy.train(tiny_arch(), None, ProxySettings())  # type: ignore[arg-type]
+    assert len(calls) == 1 and result.reason == "out of memory: ..."
+
+
 def test_out_of_memory_gives_a_failed_result(
     digits_subset: ImageData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
