@@ -227,14 +227,15 @@ def summary(rows: list[dict]) -> list[str]:
         by[(row["base"], row["dimension"])][row["choice"]].append(row)
     lines = [
         "| base | dimension | choices: mean top-1 (GMACs) | spread | seed sd | signal/noise "
-        "| best | collapsed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| best | retried at a lower lr | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (base, dimension), choices in by.items():
-        means, sds, collapsed = {}, [], 0
+        means, sds, retried, failed = {}, [], 0, 0
         for choice, runs in choices.items():
             accs = [r["accuracy"] for r in runs]
-            collapsed += sum(r["reason"].startswith("collapsed") for r in runs)
+            retried += sum(r["reason"].startswith("retrained") for r in runs)
+            failed += sum(r["failed"] for r in runs)
             means[choice] = statistics.mean(accs)
             if len(accs) > 1:
                 sds.append(statistics.variance(accs))
@@ -246,7 +247,7 @@ def summary(rows: list[dict]) -> list[str]:
         best = max(means, key=means.get)
         lines.append(
             f"| {base} | {dimension} | {cells} | {100 * spread:.1f} | {100 * sd:.2f} "
-            f"| {spread / sd:.1f} | {best} | {collapsed} |"
+            f"| {spread / sd:.1f} | {best} | {retried} | {failed} |"
         )
     return lines
 
