@@ -111,6 +111,15 @@ def _reuse(twin: FrozenTrial, attrs: Attrs, report: Report | None) -> Outcome:
     return Outcome(TrialState.COMPLETE, (twin.values[0], twin.values[1]))
 
 
+def _outcome(result: proxy.ProxyResult, arch: ArchSpec) -> Outcome:
+    """What a finished training tells the study; the reason is kept (a retry at a lower
+    learning rate says so on a COMPLETE trial too)."""
+    if result.failed:
+        return Outcome(TrialState.FAIL, reason=result.reason)
+    values = (result.accuracy, float(estimate(arch).macs))
+    return Outcome(TrialState.COMPLETE, values, reason=result.reason)
+
+
 def train(
     attrs: Attrs,
     arch: ArchSpec,
@@ -163,11 +172,7 @@ def train(
         outcome = Outcome(TrialState.FAIL, reason=f"{type(error).__name__}: {error}")
     else:
         attrs.set_user_attr("epoch_accuracies", list(result.epoch_accuracies))
-        if result.failed:
-            outcome = Outcome(TrialState.FAIL, reason=result.reason)
-        else:
-            values = (result.accuracy, float(estimate(arch).macs))
-            outcome = Outcome(TrialState.COMPLETE, values, reason=result.reason)
+        outcome = _outcome(result, arch)
     attrs.set_user_attr("train_seconds", time.perf_counter() - started)
     if outcome.reason:
         attrs.set_user_attr("fail_reason", outcome.reason)
