@@ -76,8 +76,6 @@ class Log:
             row = {
                 "arch": arch.to_json(),
                 "recipe": dataclasses.asdict(recipe),
-                "epochs": recipe.epochs,
-                "resolution": recipe.resolution,
                 "seed": seed,
                 "accuracy": result.accuracy,
                 "epoch_accuracies": result.epoch_accuracies,

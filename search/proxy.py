@@ -57,7 +57,8 @@ __all__ = [
 
 MIN_PROXY_RESOLUTION = 16  # stage maps of 4, 2, 1, 1
 COLLAPSED = 1.5  # a training ending below 1.5 x chance has learnt nothing: it is not ranked
-DIVERGED = ("collapsed", "the loss became")  # failures that a lower learning rate may cure
+COLLAPSE, NONFINITE = "collapsed", "the loss became"  # how the two reasons begin
+DIVERGED = (COLLAPSE, NONFINITE)  # failures that a lower learning rate may cure
 RETRY_LR = 0.25  # the retry's learning rate over the recipe's
 
 
@@ -344,14 +345,14 @@ def _train_epoch(
         loss = step(x, labels)
         nonfinite |= ~torch.isfinite(loss)
         if on_cpu and nonfinite:
-            raise TrainingFailed(f"the loss became {loss.item()} in epoch {epoch + 1}")
+            raise TrainingFailed(f"{NONFINITE} {loss.item()} in epoch {epoch + 1}")
         seen += len(labels)
         if bar is not None:
             bar.update(1)
             if on_cpu:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     if nonfinite:
-        raise TrainingFailed(f"the loss became non-finite (nan or inf) in epoch {epoch + 1}")
+        raise TrainingFailed(f"{NONFINITE} non-finite (nan or inf) in epoch {epoch + 1}")
     if bar is not None and loss is not None:
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return seen
@@ -457,7 +458,7 @@ def _finished(accuracies: list[float], seconds: float, seen: int, num_classes: i
     chance = 1 / num_classes
     if accuracies[-1] < COLLAPSED * chance:
         reason = (
-            f"collapsed: {accuracies[-1]:.1%} validation top-1 after the last epoch, chance is "
+            f"{COLLAPSE}: {accuracies[-1]:.1%} validation top-1 after the last epoch, chance is "
             f"{chance:.1%}"
         )
         return ProxyResult(accuracies[-1], tuple(accuracies), seconds, seen / seconds, True, reason)
