@@ -22,16 +22,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from search.config import SearchConfig, add_options, from_options
-
-
-class UsageError(Exception):
-    """A problem with the command line or the run folder: one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(f"{message} (see --help)")
+from search.config import (
+    Parser,
+    SearchConfig,
+    UsageError,
+    add_options,
+    exit_status,
+    from_options,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,18 +176,12 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     from search.storage import FolderBusy, RepeatedFailure
 
-    try:
-        run(build_parser().parse_args(argv))
-    except (UsageError, FolderBusy) as error:
-        print(f"run_search.py: error: {error}", file=sys.stderr)
-        return 2
-    except RepeatedFailure as error:
-        print(f"run_search.py: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(
+        "run_search.py",
+        lambda: run(build_parser().parse_args(argv)),
+        usage=(FolderBusy,),
+        failures=(RepeatedFailure,),
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ No official code or per-variant table was published; the choices the paper leave
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
@@ -37,7 +36,14 @@ from torch import Tensor, nn
 
 from blocks.attention import attend
 from blocks.formulas import Cost, attention, conv, linear, norm, per_ratio
-from blocks.layers import DepthwiseConv2d, DropPath, LayerNorm2d, Transition, pad_to_multiple
+from blocks.layers import (
+    DepthwiseConv2d,
+    DropPath,
+    LayerNorm2d,
+    Transition,
+    pad_to_multiple,
+    shape_cached,
+)
 from blocks.registry import (
     BLOCKS,
     HEADS,
@@ -138,7 +144,7 @@ class PatchStem(nn.Module):
 # device, so that a forward pass never copies from the host (nor waits for it on a GPU).
 
 
-@functools.lru_cache(maxsize=256)
+@shape_cached
 def relative_index(
     window: int, height: int, width: int, device: torch.device | str = "cpu"
 ) -> Tensor:
@@ -151,7 +157,7 @@ def relative_index(
     return delta[0] * (2 * window - 1) + delta[1]  # (N, N)
 
 
-@functools.lru_cache(maxsize=256)
+@shape_cached
 def window_mask(
     height: int,
     width: int,
@@ -187,7 +193,7 @@ def window_mask(
     return masked.float() * MASKED
 
 
-@functools.lru_cache(maxsize=256)
+@shape_cached
 def stripe_mask(
     height: int, rows: int, width: int, device: torch.device | str = "cpu"
 ) -> Tensor | None:

@@ -7,8 +7,10 @@ stage i at input resolution r is ``stage_size(r, i)`` whatever stem or block typ
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ __all__ = [
     "drop_path_rates",
     "map_to_tokens",
     "pad_to_multiple",
+    "shape_cached",
     "stage_size",
     "tokens_to_map",
     "trunc_normal_init",
@@ -33,6 +36,26 @@ __all__ = [
 def stage_size(resolution: int, stage: int) -> int:
     """Side of stage ``stage``'s (0-based) map at input ``resolution``: strides 4, 8, 16, 32."""
     return math.ceil(resolution / 2 ** (stage + 2))
+
+
+Builder = TypeVar("Builder", bound=Callable[..., Any])
+
+
+def shape_cached(build: Builder) -> Builder:
+    """Cache a builder of tensors that depend only on shapes and device (masks, index tables),
+    so that a forward pass builds each once. While ``torch.compile`` or ``torch.export`` traces
+    (the ONNX export among them) the builder runs uncached: its tensors are then fake or
+    symbolic, and caching them would break every later eager call with those shapes."""
+    cached = functools.lru_cache(maxsize=256)(build)
+
+    @functools.wraps(build)
+    def shapes_only(*args: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return build(*args)
+        return cached(*args)
+
+    shapes_only.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return shapes_only  # type: ignore[return-value]
 
 
 def pad_to_multiple(x: Tensor, multiple_h: int, multiple_w: int) -> Tensor:

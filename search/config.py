@@ -13,7 +13,9 @@ import argparse
 import dataclasses
 import json
 import re
+import sys
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from search.proxy import MIN_PROXY_RESOLUTION, ProxySettings
@@ -21,14 +23,61 @@ from space.cost import parse_budget
 from space.fields import field_names, reject_unknown
 from space.genotype import MIN_RESOLUTION
 
-__all__ = ["BACKENDS", "SAMPLERS", "SCALING", "SearchConfig", "add_options", "from_options"]
+__all__ = [
+    "BACKENDS",
+    "SAMPLERS",
+    "SCALING",
+    "Parser",
+    "SearchConfig",
+    "UsageError",
+    "add_option",
+    "add_options",
+    "exit_status",
+    "from_options",
+    "setting",
+]
 
 BACKENDS = ("optuna", "ray")
 SAMPLERS = ("nsga2", "tpe")
 SCALING = ("search", "cmt")
 
 
-def _setting(
+class UsageError(Exception):
+    """A problem with a command line or its run folder: one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``UsageError`` line instead of usage + message."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(f"{message} (see --help)")
+
+
+def exit_status(
+    prog: str,
+    work: Callable[[], object],
+    *,
+    usage: tuple[type[Exception], ...] = (),
+    failures: tuple[type[Exception], ...] = (),
+) -> int:
+    """Run a command line's ``work`` and return its exit status: 0 when it ends; 2 with one
+    ``prog: error:`` line for a ``UsageError`` or one of ``usage``; 1 with one line for one of
+    ``failures``; 130 on Ctrl-C, saying that rerunning resumes."""
+    try:
+        work()
+    except (UsageError, *usage) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except failures as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def setting(
     default: Any, help: str, *, flag: str | None = None, defines_search: bool = False, **extra: Any
 ) -> Any:
     """A field with its command-line ``help`` (``%(default)s`` allowed) and ``flag``
@@ -41,18 +90,18 @@ def _setting(
 class SearchConfig:
     """Everything a run needs. ``budget`` is text (``4GFLOPs``, ``600M`` ...), in MACs."""
 
-    budget: str = _setting(
+    budget: str = setting(
         "4GFLOPs",
         "MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs'; FLOPs mean MACs (default %(default)s)",
         defines_search=True,
     )
-    trials: int = _setting(8, "trials to run (default %(default)s)")
-    data: str = _setting(
+    trials: int = setting(8, "trials to run (default %(default)s)")
+    data: str = setting(
         "default",
         "default, mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH[@SIZE]",
         defines_search=True,
     )
-    resolution: int = _setting(
+    resolution: int = setting(
         224,
         "input size of the searched architecture; the budget is counted at it "
         "(default %(default)s)",
@@ -62,39 +111,39 @@ class SearchConfig:
         default_factory=ProxySettings,
         metadata={"help": "the proxy's recipe", "defines_search": True},
     )
-    scaling: str = _setting(
+    scaling: str = setting(
         "search",
         "search: score alpha/beta/gamma candidates by proxy training; cmt: keep CMT's "
         "(1.2, 1.3, 1.15) (default %(default)s)",
         choices=SCALING,
     )
-    scaling_candidates: int = _setting(
+    scaling_candidates: int = setting(
         3, "alpha/beta/gamma candidates to score, CMT's among them (default %(default)s)"
     )
-    baselines: str = _setting(
+    baselines: str = setting(
         "cmt_ti,cmt_xs,cmt_s,cmt_b",
         "published presets trained under the same proxy, comma-separated, or none "
         "(default %(default)s)",
     )
-    backend: str = _setting(
+    backend: str = setting(
         "optuna", "search backend (default %(default)s)", choices=BACKENDS, defines_search=True
     )
-    sampler: str = _setting(
+    sampler: str = setting(
         "nsga2", "Optuna sampler (default %(default)s)", choices=SAMPLERS, defines_search=True
     )
-    prune: bool = _setting(
+    prune: bool = setting(
         True,
         "--no-prune: train every trial to its last epoch (early stopping off)",
         defines_search=True,
     )
-    out: str = _setting("runs/search", "run folder (default %(default)s); rerun to resume")
-    seed: int = _setting(
+    out: str = setting("runs/search", "run folder (default %(default)s); rerun to resume")
+    seed: int = setting(
         0, "seed of the sampler and the proxy (default %(default)s)", defines_search=True
     )
-    device: str = _setting(
+    device: str = setting(
         "auto", "proxy device: auto (CUDA when there is one), cpu, cuda[:N] (default %(default)s)"
     )
-    parallel: int = _setting(
+    parallel: int = setting(
         0,
         "trainings at once on one device: in the search N worker processes (Optuna) or 1/N GPU "
         "per trial (Ray), and N trainings at once after it; on the CPU the cores are shared "
@@ -102,19 +151,19 @@ class SearchConfig:
         "seed repeats its architectures) and the steps after it one training per core, at most "
         "4 (default %(default)s)",
     )
-    cuda_graphs: bool = _setting(
+    cuda_graphs: bool = setting(
         True, "--no-cuda-graphs: train eagerly on CUDA instead of replaying a captured step"
     )
-    max_repeated_failures: int = _setting(
+    max_repeated_failures: int = setting(
         3,
         "stop the search after this many trials in a row fail for the same reason "
         "(default %(default)s)",
     )
-    ray_address: str | None = _setting(
+    ray_address: str | None = setting(
         None, "Ray: join this cluster (auto, ray://host:10001; default: start a local Ray)"
     )
-    cpus_per_trial: float = _setting(1.0, "Ray: CPUs per trial (default %(default)s)")
-    gpus_per_trial: float = _setting(
+    cpus_per_trial: float = setting(1.0, "Ray: CPUs per trial (default %(default)s)")
+    gpus_per_trial: float = setting(
         0.0, "Ray: GPUs per trial, fractional to pack trials on a GPU (default %(default)s)"
     )
 
@@ -253,7 +302,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(SearchConfig):
         if field.name == "proxy":
             for sub in dataclasses.fields(ProxySettings):
-                _add(
+                add_option(
                     parser,
                     _proxy_name(sub.name),
                     proxy_hints[sub.name],
@@ -262,7 +311,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                 )
             continue
         meta = field.metadata
-        _add(
+        add_option(
             parser,
             field.name,
             hints[field.name],
@@ -272,7 +321,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _add(
+def add_option(
     parser: argparse.ArgumentParser,
     name: str,
     hint: Any,
@@ -280,6 +329,8 @@ def _add(
     help: str,
     choices: tuple[str, ...] | None = None,
 ) -> None:
+    """The option ``--name-with-dashes`` for a dataclass field of type ``hint``: a flag pair
+    for a bool (``--no-NAME`` when it defaults to true), else a typed value."""
     flag = "--" + name.replace("_", "-")
     if hint is bool:
         if default:

@@ -51,6 +51,7 @@ __all__ = [
     "MIN_PROXY_RESOLUTION",
     "ProxyResult",
     "ProxySettings",
+    "amp_dtype",
     "resolve_device",
     "train",
 ]
@@ -265,7 +266,7 @@ class _Run(NamedTuple):
     amp: torch.dtype | None
 
 
-def _amp(dev: torch.device) -> torch.dtype | None:
+def amp_dtype(dev: torch.device) -> torch.dtype | None:
     """The autocast type: bfloat16 on CUDA where supported, else float16; none on the CPU."""
     if dev.type != "cuda":
         return None
@@ -286,7 +287,7 @@ def _setup(
     the optimiser capturable (a CUDA graph replays its step; ``search.graphs``)."""
     model = build_model(arch, num_classes, resolution=settings.resolution)
     model = model.to(dev, memory_format=torch.channels_last)
-    amp = _amp(dev)
+    amp = amp_dtype(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -446,7 +447,7 @@ def _stepper(
     cuda_graphs: bool,
 ) -> tuple[_Run, Callable[[Tensor, Tensor], Tensor]]:
     """The training state and its step function: eager, or captured and replayed on CUDA."""
-    capture = cuda_graphs and can_capture(dev, _amp(dev))
+    capture = cuda_graphs and can_capture(dev, amp_dtype(dev))
     run = _setup(arch, num_classes, steps, settings, dev, capture=capture)
     step = functools.partial(_step, run, settings=settings)
     return run, GraphedStep(run, settings.label_smoothing, step) if capture else step

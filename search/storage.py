@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 
 class FolderBusy(RuntimeError):
-    """Another process is running a search in the same run folder."""
+    """Another process is running in the same run folder (a search or a retraining)."""
 
 
 @contextlib.contextmanager
@@ -81,9 +81,7 @@ def folder_lock(out: str | Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        raise FolderBusy(
-            f"another search is running in {out}; wait for it or use another --out"
-        ) from None
+        raise FolderBusy(f"another run is using {out}; wait for it or use another --out") from None
     try:
         yield
     finally:

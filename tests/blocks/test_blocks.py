@@ -185,3 +185,24 @@ def test_depthwise_conv_trains_exactly_like_the_library_conv(side: int, kernel: 
         grads.append((out, image.grad, conv.weight.grad, conv.bias.grad))
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_tracing_leaves_the_shape_caches_real() -> None:
+    """torch.export (the ONNX exporter's path) traces with fake tensors: the AEWin masks it
+    builds must not stay cached, or the next eager call with those shapes fails."""
+    from blocks import aewin
+
+    stages = (
+        StageSpec("aewin", 1, 16, 1, 2.0),
+        StageSpec("aewin", 1, 32, 2, 2.0),
+        StageSpec("aewin", 1, 32, 2, 2.0),
+        StageSpec("aewin", 1, 64, 2, 2.0),
+    )
+    model = build_model(ArchSpec(stages, 40, stem="cmt", stem_width=16, head_width=64), 10).eval()
+    for builder in (aewin.relative_index, aewin.window_mask, aewin.stripe_mask):
+        builder.cache_clear()
+    x = torch.randn(2, 3, 40, 40)
+    torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    with torch.no_grad():
+        out = model(x)
+    assert type(out) is torch.Tensor and out.shape == (2, 10)

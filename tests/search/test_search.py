@@ -132,7 +132,7 @@ def test_another_process_in_the_same_folder_is_refused(tmp_path: Path, backend: 
     config = tiny(trials=1, out=str(tmp_path / "run"), backend=backend)
     with (
         storage.folder_lock(config.out),
-        pytest.raises(storage.FolderBusy, match="another search"),
+        pytest.raises(storage.FolderBusy, match="another run is using"),
     ):
         run(config)
 
