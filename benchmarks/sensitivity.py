@@ -1,7 +1,7 @@
 """Can the proxy see what the search changes? Per searched dimension, signal against seed noise.
 
     python benchmarks/sensitivity.py --workers 2                         # the default proxy
-    python benchmarks/sensitivity.py --proxy-resolution 64 --workers 2   # stage maps 16/8/4/2
+    python benchmarks/sensitivity.py --proxy-resolution 48 --workers 2   # stage maps 12/6/3/2
     python benchmarks/sensitivity.py --presets --workers 2               # every preset, 2 seeds
 
 Three base architectures near 4 GMACs: ``cmt_s`` (CMT-like), ``aewin_t`` (AEWin-like, the

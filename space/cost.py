@@ -20,11 +20,17 @@ from __future__ import annotations
 import functools
 import math
 import re
+import warnings
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
+
+with warnings.catch_warnings():
+    # fvcore scripts a loss function at import; torch >= 2.14 warns that torch.jit.script is
+    # deprecated (a FutureWarning, shown to every user of the command lines). Not our call.
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 from blocks import build_model
 from blocks.backbone import estimate_cost
