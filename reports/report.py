@@ -28,6 +28,7 @@ from reports.tables import (
     tradeoff_data,
 )
 from search.config import SearchConfig
+from search.geometry import blind_spots
 from search.pipeline import CMT_COEFFICIENTS, SCALING_PHI, Results
 from space.genotype import ArchSpec
 
@@ -317,7 +318,22 @@ def _method_section(config: SearchConfig) -> list[str]:
         "learning rate (its reason says so); if that fails too, it is not ranked.",
         f"- Search: {config.backend} backend, {config.sampler} sampler, early stopping "
         f"{'on' if config.prune else 'off'}; every setting is in [config.json](config.json).",
+        *_blind_spot_lines(recipe.resolution),
         "",
+    ]
+
+
+def _blind_spot_lines(resolution: int) -> list[str]:
+    """What the proxy input cannot tell apart (``search.geometry``): the searched choices that
+    give the same model at it, and so were chosen by MACs and by chance."""
+    spots = blind_spots(resolution)
+    if not spots:
+        return [f"- At the {resolution}px proxy input every searched choice gives its own model."]
+    return [
+        f"- The {resolution}px proxy input cannot tell these searched choices apart (they give "
+        "the same model there, so the search chose among them by MACs and by chance; "
+        "`python benchmarks/geometry.py`):",
+        *[f"  - {spot}" for spot in spots],
     ]
 
 

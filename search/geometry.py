@@ -10,7 +10,8 @@ shapes alone (no training), for each dimension whose effect depends on the map s
 - AEWin's stripe width: min(stripe, side) rows, a stripe as wide as the map being all of it;
 - AEWin's head split: whether stripes and the 7x7 window still differ from global attention
   (a map no wider than the window makes every head type attend to the whole map);
-- Dual-ViT's token pool: the token grid ``token_grid(side, pool)`` of the first Dual stage.
+- Dual-ViT's token pool: the token grid ``token_grid(side, pool)`` of a first Dual stage in
+  stage 1 (where the space's Dual-led networks start).
 
 ``benchmarks/geometry.py`` prints the table for the usual proxy inputs; the sensitivity study
 (``benchmarks/sensitivity.py``) measures whether the distinct choices also move the accuracy.
@@ -26,7 +27,7 @@ from blocks.cmt import CMTStage
 from blocks.dualvit import DualStage, token_grid
 from blocks.layers import stage_size
 
-__all__ = ["Visibility", "visible_choices"]
+__all__ = ["Visibility", "blind_spots", "visible_choices"]
 
 
 class Visibility(NamedTuple):
@@ -56,16 +57,42 @@ def visible_choices(resolution: int) -> list[Visibility]:
         side = stage_size(resolution, stage)
         stripes = AEWinStage.STRIPES
         rows.append(
-            Visibility("AEWin stripe", stage, side, stripes, tuple(min(s, side) for s in stripes))
+            Visibility(
+                "AEWin stripe",
+                stage,
+                side,
+                stripes,
+                tuple(f"{min(s, side)}-row stripes" for s in stripes),
+            )
         )
         # Head types: stripes of the widest choice and the window still local, or global.
         kinds = ("horizontal", "vertical", "window")
         local = (side > min(stripes), side > min(stripes), side > AEWinStage.WINDOW)
         effective = tuple(
-            kind if is_local else "global" for kind, is_local in zip(kinds, local, strict=True)
+            kind if is_local else "global attention"
+            for kind, is_local in zip(kinds, local, strict=True)
         )
         rows.append(Visibility("AEWin head split", stage, side, kinds, effective))
     side = stage_size(resolution, 0)
     grids = tuple(f"{token_grid(side, p)}x{token_grid(side, p)} tokens" for p in DualStage.POOLS)
-    rows.append(Visibility("Dual pool (first Dual stage 1)", 0, side, DualStage.POOLS, grids))
+    rows.append(Visibility("Dual pool", 0, side, DualStage.POOLS, grids))
     return rows
+
+
+def blind_spots(resolution: int) -> list[str]:
+    """One phrase per dimension and stage whose choices collapse at input ``resolution``:
+    which choices give the same computation there (empty when every choice is distinct)."""
+    phrases = []
+    for row in visible_choices(resolution):
+        if row.distinct == len(row.choices):
+            continue
+        groups: dict[object, list[str]] = {}
+        for choice, effect in zip(row.choices, row.effective, strict=True):
+            groups.setdefault(effect, []).append(str(choice))
+        same = "; ".join(
+            f"{', '.join(choices)} give {effect}"
+            for effect, choices in groups.items()
+            if len(choices) > 1
+        )
+        phrases.append(f"{row.dimension} in stage {row.stage + 1} ({row.side}px map): {same}")
+    return phrases

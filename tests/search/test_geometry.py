@@ -23,14 +23,14 @@ def test_the_default_proxy_cannot_tell_the_dual_pools_apart() -> None:
     """At 24 px the first map is 6x6: pools 7, 10 and 14 all make one token (as measured:
     the sensitivity study's three pool variants score alike)."""
     at_24 = distinct(24)
-    assert at_24[("Dual pool (first Dual stage 1)", 1)] == 1
+    assert at_24[("Dual pool", 1)] == 1
     assert at_24[("CMT k", 4)] == 1 and at_24[("AEWin stripe", 4)] == 1
     assert at_24[("CMT k", 1)] == 2  # 6 / 4 -> 2x2 keys, 6 / 8 -> 1x1
 
 
 def test_48px_is_the_smallest_input_where_every_dimension_varies() -> None:
     assert min(distinct(48).values()) == 2 and min(distinct(32).values()) == 1
-    assert distinct(128)[("Dual pool (first Dual stage 1)", 1)] == 3
+    assert distinct(128)[("Dual pool", 1)] == 3
     assert min(distinct(224).values()) >= 2
 
 
@@ -52,3 +52,12 @@ def test_stage_maps_at_the_proxy_input_and_the_count_unchanged(proxy: int) -> No
     count.cache_clear()
     assert count(arch) == target
     assert (target.params, target.macs) == (26_256_160, 4_031_742_464)
+
+
+def test_the_report_names_what_the_proxy_input_cannot_see() -> None:
+    from reports.report import _blind_spot_lines
+
+    at_24 = "\n".join(_blind_spot_lines(24))
+    assert "cannot tell these searched choices apart" in at_24
+    assert "Dual pool in stage 1 (6px map): 7, 10, 14 give 1x1 tokens" in at_24
+    assert "every searched choice gives its own model" in _blind_spot_lines(224)[0]
