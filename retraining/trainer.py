@@ -6,7 +6,8 @@ metrics so far), then ``metrics.csv`` rewritten from the metrics in ``last.pt``;
 written whole and renamed into place. A rerun loads ``last.pt`` and starts at the next epoch;
 because every epoch's batches and augmentations follow from the seed and the epoch alone
 (``retraining.data.seed_epoch``), a run killed and resumed ends with the weights and metrics of
-one that never stopped (on the CPU, where the kernels are deterministic). The device rules are
+one that never stopped (on the CPU, where the kernels are deterministic, and with the same
+number of data-loading workers, each of which draws its own augmentations). The device rules are
 the search's: ``search.proxy.resolve_device``, channels_last, bfloat16 autocast on CUDA where
 supported (float16 with loss scaling elsewhere). Checkpoints hold tensors and plain values only
 and are read with ``torch.load(weights_only=True)``.
