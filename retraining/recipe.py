@@ -12,9 +12,9 @@ so that a short run's average is not stuck at its random start.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from search.config import setting
+from space.fields import check_values
 
 __all__ = ["LR_BATCH", "Recipe"]
 
@@ -60,10 +60,6 @@ class Recipe:
     )
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         unit = (lambda v: 0 <= v < 1, "in [0, 1)")
         checks = {
             "lr": (lambda v: v > 0, "> 0"),
@@ -80,11 +76,7 @@ class Recipe:
             "crop_scale": (lambda v: 0 < v <= 1, "in (0, 1]"),
             "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
         }
-        for name, (ok, rule) in checks.items():
-            value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or not ok(value):
-                raise ValueError(f"{name} must be a number {rule}, got {value!r}")
+        check_values(self, ("epochs", "batch_size"), checks)
         if not self.randaugment.startswith("rand") and self.randaugment != "none":
             raise ValueError(
                 f"randaugment must be a timm RandAugment policy (rand-m9-mstd0.5-inc1, ...) or "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ from blocks import build_model
 from search.data import ImageData, ImageTensorDataset
 from search.graphs import GraphedStep, can_capture
 from search.memory import available_bytes, training_bytes
+from space.fields import check_values
 from space.genotype import ArchSpec
 
 __all__ = [
@@ -79,26 +79,18 @@ class ProxySettings:
     label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "resolution", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.resolution < MIN_PROXY_RESOLUTION:
-            raise ValueError(
-                f"resolution (the proxy input) must be at least {MIN_PROXY_RESOLUTION}, "
-                f"got {self.resolution}"
-            )
         checks = {
             "lr": (lambda v: v > 0, "> 0"),
             "weight_decay": (lambda v: v >= 0, ">= 0"),
             "warmup_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
             "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
         }
-        for name, (ok, rule) in checks.items():
-            value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or not ok(value):
-                raise ValueError(f"{name} must be a number {rule}, got {value!r}")
+        check_values(self, ("epochs", "resolution", "batch_size"), checks)
+        if self.resolution < MIN_PROXY_RESOLUTION:
+            raise ValueError(
+                f"resolution (the proxy input) must be at least {MIN_PROXY_RESOLUTION}, "
+                f"got {self.resolution}"
+            )
 
 
 DEFAULTS = ProxySettings()

@@ -4,10 +4,13 @@ block options, the run configuration): an unknown key is an error that lists the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["field_names", "reject_unknown"]
+__all__ = ["check_values", "field_names", "reject_unknown"]
+
+Rule = tuple[Callable[[float], bool], str]  # a test of a number and how it reads: (v > 0, "> 0")
 
 
 def field_names(cls: Any) -> tuple[str, ...]:
@@ -27,3 +30,17 @@ def reject_unknown(
             f"{where}unknown {what}(s) {', '.join(map(str, unknown))}; "
             f"known: {', '.join(known) or 'none'}"
         )
+
+
+def check_values(value: Any, integers: Iterable[str], numbers: Mapping[str, Rule]) -> None:
+    """Raise ``ValueError`` naming the first field of ``value`` that is not an integer >= 1
+    (``integers``) or not a finite number passing its rule (``numbers``)."""
+    for name in integers:
+        item = getattr(value, name)
+        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {item!r}")
+    for name, (ok, rule) in numbers.items():
+        item = getattr(value, name)
+        number = isinstance(item, (int, float)) and not isinstance(item, bool)
+        if not number or not math.isfinite(item) or not ok(item):
+            raise ValueError(f"{name} must be a number {rule}, got {item!r}")
