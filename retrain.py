@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from retraining.recipe import Recipe
-from search.config import Parser, UsageError, add_option, exit_status
+from search.config import Parser, UsageError, add_option, check_writable, exit_status
 from space.genotype import MIN_RESOLUTION
 
 
@@ -118,8 +118,7 @@ def _check_folder(out: Path, settings: Any) -> None:
     """The folder can be made and, if it holds a retraining, holds this one."""
     from retraining.trainer import RetrainSettings
 
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"the output folder {out} is a file; choose another --out")
+    check_writable(out)
     saved = out / "retrain.json"
     if saved.exists():
         try:

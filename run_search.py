@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 from pathlib import Path
 
 from search.config import (
@@ -27,6 +26,7 @@ from search.config import (
     SearchConfig,
     UsageError,
     add_options,
+    check_writable,
     exit_status,
     from_options,
 )
@@ -45,18 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_folder(config: SearchConfig) -> None:
     """The run folder can be written and, if it holds a search, holds this one."""
     out = Path(config.out)
-    probe_at = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not probe_at.is_dir():
-        raise UsageError(
-            f"the output folder {out} cannot be made: {probe_at} is a file; choose another --out"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=probe_at):
-            pass
-    except OSError as error:
-        raise UsageError(
-            f"cannot write to the output folder {out} ({error.strerror}); choose another --out"
-        ) from None
+    check_writable(out)
     saved = out / "config.json"
     if saved.exists():
         changed = config.changed_from(SearchConfig.from_json(saved.read_text()))

@@ -3,6 +3,8 @@
     python benchmarks/fidelity.py --archs 10                       # the default proxy
     python benchmarks/fidelity.py --archs 10 --resolution 24       # a proxy at 24 px
     python benchmarks/fidelity.py --archs 10 --long-resolution 64 --long-epochs 10 --long-seeds
+    python benchmarks/fidelity.py --archs 10 --resolution 48 --long-resolution 48 \
+        --long-epochs 5 --long-seeds --workers 2         # a 48 px proxy, same-geometry reference
 
 Samples ``--archs`` architectures from the search space at ``--budget`` (Optuna's
 RandomSampler, seed 0) and trains each twice with the proxy under test (seeds 0 and 1: its own
@@ -16,7 +18,8 @@ architecture, whole recipe and seed, and reused when the command runs again, so 
 run resumes and proxies share their references. Rows written before recipes were recorded are
 read as the recipe of their time (warm-up over 10% of the steps, the rest as today). After a
 change to the trainer's arithmetic, delete the rows it makes stale (the README says which rows
-were made by which trainer).
+were made by which trainer). ``--workers N`` trains the missing ones N at a time with one thread
+each, in the order reference seed 0, proxy seeds, reference seed 1, writing each as it ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -73,21 +77,60 @@ class Log:
         key = _key(arch.to_json(), dataclasses.asdict(recipe), seed)
         if key not in self.done:
             result = train(arch, self.data, recipe, seed=seed)
-            row = {
-                "arch": arch.to_json(),
-                "recipe": dataclasses.asdict(recipe),
-                "seed": seed,
-                "accuracy": result.accuracy,
-                "epoch_accuracies": result.epoch_accuracies,
-                "seconds": result.seconds,
-                "images_per_second": result.images_per_second,
-                "failed": result.failed,
-                "reason": result.reason,
-            }
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            self.done[key] = row
+            self.add(_row(arch.to_json(), dataclasses.asdict(recipe), seed, result))
         return self.done[key]
+
+    def add(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.done[_key(row["arch"], row["recipe"], row["seed"])] = row
+
+    def fill(
+        self, tasks: list[tuple[ArchSpec, ProxySettings, int]], data: str, workers: int
+    ) -> None:
+        """Train the missing tasks ``workers`` at a time, one thread each, keeping each row."""
+        missing = [
+            (arch.to_json(), dataclasses.asdict(recipe), seed)
+            for arch, recipe, seed in tasks
+            if _key(arch.to_json(), dataclasses.asdict(recipe), seed) not in self.done
+        ]
+        print(f"{len(tasks) - len(missing)} of {len(tasks)} trainings already done", flush=True)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_train_row, data, *task) for task in missing]
+            for future in as_completed(futures):
+                row = future.result()
+                self.add(row)
+                print(
+                    f"trained {ArchSpec.from_json(row['arch']).block_mix} at "
+                    f"{row['recipe']['resolution']} px for {row['recipe']['epochs']} epochs, "
+                    f"seed {row['seed']}: {row['accuracy']:.3f} in {row['seconds']:.0f} s",
+                    flush=True,
+                )
+
+
+def _row(arch: str, recipe: dict[str, Any], seed: int, result: Any) -> dict:
+    return {
+        "arch": arch,
+        "recipe": recipe,
+        "seed": seed,
+        "accuracy": result.accuracy,
+        "epoch_accuracies": list(result.epoch_accuracies),
+        "seconds": result.seconds,
+        "images_per_second": result.images_per_second,
+        "failed": result.failed,
+        "reason": result.reason,
+    }
+
+
+def _train_row(data: str, arch: str, recipe: dict[str, Any], seed: int) -> dict:
+    """One training in a worker process with one thread (its arithmetic does not depend on N)."""
+    import torch
+
+    torch.set_num_threads(1)
+    result = train(
+        ArchSpec.from_json(arch), datasets.load(data), ProxySettings(**recipe), seed=seed
+    )
+    return {**_row(arch, recipe, seed, result), "threads": 1}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
         "--long-seeds",
         action="store_true",
         help="also train the reference with a second seed: the reference's own noise",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="trainings at a time, one thread each (if > 1)"
     )
     return parser
 
@@ -153,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         warmup_fraction=REFERENCE_WARMUP,
     )
     archs = sampled(args.archs, parse_budget(args.budget))
+    if args.workers > 1:
+        tasks = [(a, reference, 0) for a in archs]
+        tasks += [(a, proxy_recipe, seed) for seed in (0, 1) for a in archs]
+        tasks += [(a, reference, 1) for a in archs] if args.long_seeds else []
+        log.fill(tasks, args.data, args.workers)
     print(f"data {args.data}, {args.archs} architectures at {args.budget}")
     print(f"proxy: {proxy_recipe}\nreference: {reference}")
     print(

@@ -14,8 +14,10 @@ import dataclasses
 import json
 import re
 import sys
+import tempfile
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from search.proxy import MIN_PROXY_RESOLUTION, ProxySettings
@@ -51,6 +53,22 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see --help)")
+
+
+def check_writable(out: Path) -> None:
+    """``out`` exists as a folder we can write in, or can be made: else a ``UsageError``."""
+    probe_at = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not probe_at.is_dir():
+        raise UsageError(
+            f"the output folder {out} cannot be made: {probe_at} is a file; choose another --out"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=probe_at):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"cannot write to the output folder {out} ({error.strerror}); choose another --out"
+        ) from None
 
 
 def exit_status(

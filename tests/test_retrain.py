@@ -79,6 +79,20 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_an_unwritable_output_folder_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    if where == "file":
+        (tmp_path / "a_file").write_text("")
+        out, message = tmp_path / "a_file" / "run", "is a file"
+    else:
+        out, message = Path("/proc/hybrid-nas-retrain"), "cannot write to the output folder"
+    assert retrain.main(["cmt_ti", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("retrain.py: error:") and message in err and "\n" not in err
+
+
 def test_a_bad_genotype_file_names_the_problem(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
