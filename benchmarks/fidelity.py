@@ -20,6 +20,7 @@ read as the recipe of their time (warm-up over 10% of the steps, the rest as tod
 change to the trainer's arithmetic, delete the rows it makes stale (the README says which rows
 were made by which trainer). ``--workers N`` trains the missing ones N at a time with one thread
 each, in the order reference seed 0, proxy seeds, reference seed 1, writing each as it ends.
+``--device cuda`` trains on the GPU, one training at a time; every row records its device.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import optuna
 from scipy.stats import kendalltau
 
 from search import data as datasets
-from search.proxy import DEFAULTS, ProxySettings, train
+from search.proxy import DEFAULTS, ProxySettings, resolve_device, train
 from space.cost import estimate, parse_budget
 from space.genotype import ArchSpec
 from space.sampling import sample
@@ -58,8 +59,8 @@ def _key(arch: str, recipe: dict[str, Any], seed: int) -> str:
 class Log:
     """The results file: trainings by (architecture, recipe, seed); trains what is missing."""
 
-    def __init__(self, path: Path, data: datasets.ImageData) -> None:
-        self.path, self.data, self.done = path, data, {}
+    def __init__(self, path: Path, data: datasets.ImageData, device: str = "cpu") -> None:
+        self.path, self.data, self.device, self.done = path, data, device, {}
         if path.exists():
             for line in path.read_text().splitlines():
                 row = json.loads(line)
@@ -76,8 +77,9 @@ class Log:
     def get(self, arch: ArchSpec, recipe: ProxySettings, seed: int) -> dict:
         key = _key(arch.to_json(), dataclasses.asdict(recipe), seed)
         if key not in self.done:
-            result = train(arch, self.data, recipe, seed=seed)
-            self.add(_row(arch.to_json(), dataclasses.asdict(recipe), seed, result))
+            result = train(arch, self.data, recipe, seed=seed, device=self.device)
+            row = _row(arch.to_json(), dataclasses.asdict(recipe), seed, result)
+            self.add({**row, "device": self.device})
         return self.done[key]
 
     def add(self, row: dict) -> None:
@@ -130,7 +132,7 @@ def _train_row(data: str, arch: str, recipe: dict[str, Any], seed: int) -> dict:
     result = train(
         ArchSpec.from_json(arch), datasets.load(data), ProxySettings(**recipe), seed=seed
     )
-    return {**_row(arch, recipe, seed, result), "threads": 1}
+    return {**_row(arch, recipe, seed, result), "device": "cpu", "threads": 1}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=1, help="trainings at a time, one thread each (if > 1)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     return parser
 
 
@@ -183,12 +186,21 @@ def _report(
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        device = str(resolve_device(args.device))
+    except (ValueError, RuntimeError) as error:
+        parser.error(str(error))
+    if args.archs < 3:
+        parser.error("--archs must be at least 3 for a ranking to compare")
+    if args.workers > 1 and device != "cpu":
+        parser.error("--workers trains on CPU threads; on a GPU use --workers 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     RESULTS.mkdir(exist_ok=True)
     name = datasets.DEFAULT if args.data == "default" else args.data
     path = RESULTS / f"fidelity-{name.replace(':', '_').replace('/', '_')}.jsonl"
-    log = Log(path, datasets.load(args.data))
+    log = Log(path, datasets.load(args.data), device)
     proxy_recipe = dataclasses.replace(
         DEFAULTS, epochs=args.epochs, resolution=args.resolution, warmup_fraction=args.warmup
     )
