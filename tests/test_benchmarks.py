@@ -1,4 +1,5 @@
-"""The GPU benchmark's quick CPU mode: the tool runs and writes what the README quotes."""
+"""The benchmarks run and write what the README quotes: the GPU benchmark's quick CPU mode,
+the fidelity benchmark's resumable rows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +36,25 @@ def test_the_gpu_benchmark_quick_mode_writes_its_rows(tmp_path: Path) -> None:
     assert set(packing) == {"1", "2"} and all(p["trials_per_hour"] > 0 for p in packing.values())
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0 and again.stdout == ""  # every measurement kept: resumed
+
+
+def test_fidelity_trains_each_row_once_with_workers_and_a_rerun_trains_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import fidelity
+
+    monkeypatch.setattr(fidelity, "RESULTS", tmp_path)
+    args = ["--data", "digits", "--archs", "3", "--resolution", "16", "--long-resolution", "16"]
+    args += ["--long-epochs", "1", "--workers", "2"]
+    fidelity.main(args)
+    rows = [json.loads(line) for line in (tmp_path / "fidelity-digits.jsonl").open()]
+    assert len(rows) == 9  # 3 architectures: the reference's seed 0 and the proxy's seeds 0 and 1
+    proxy, reference = fidelity.DEFAULTS.warmup_fraction, fidelity.REFERENCE_WARMUP
+    warmups = {(r["recipe"]["warmup_fraction"], r["seed"]) for r in rows}
+    assert warmups == {(reference, 0), (proxy, 0), (proxy, 1)}
+    assert all(r["threads"] == 1 and r["device"] == "cpu" for r in rows)
+    assert "Kendall tau, proxy vs reference" in capsys.readouterr().out
+    fidelity.main(args)
+    assert len((tmp_path / "fidelity-digits.jsonl").read_text().splitlines()) == 9
+    assert "9 of 9 trainings already done" in capsys.readouterr().out
