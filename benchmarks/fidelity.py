@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     if args.archs < 3:
         parser.error("--archs must be at least 3 for a ranking to compare")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.workers > 1 and device != "cpu":
         parser.error("--workers trains on CPU threads; on a GPU use --workers 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
