@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,7 +38,7 @@ import optuna
 from scipy.stats import kendalltau
 
 from search import data as datasets
-from search.proxy import DEFAULTS, ProxySettings, resolve_device, train
+from search.proxy import DEFAULTS, ProxyResult, ProxySettings, resolve_device, train
 from space.cost import estimate, parse_budget
 from space.genotype import ArchSpec
 from space.sampling import sample
@@ -59,7 +60,7 @@ def _key(arch: str, recipe: dict[str, Any], seed: int) -> str:
 class Log:
     """The results file: trainings by (architecture, recipe, seed); trains what is missing."""
 
-    def __init__(self, path: Path, data: datasets.ImageData, device: str = "cpu") -> None:
+    def __init__(self, path: Path, data: str, device: str = "cpu") -> None:
         self.path, self.data, self.device, self.done = path, data, device, {}
         if path.exists():
             for line in path.read_text().splitlines():
@@ -77,28 +78,27 @@ class Log:
     def get(self, arch: ArchSpec, recipe: ProxySettings, seed: int) -> dict:
         key = _key(arch.to_json(), dataclasses.asdict(recipe), seed)
         if key not in self.done:
-            result = train(arch, self.data, recipe, seed=seed, device=self.device)
-            row = _row(arch.to_json(), dataclasses.asdict(recipe), seed, result)
-            self.add({**row, "device": self.device})
+            result = train(arch, self.images, recipe, seed=seed, device=self.device)
+            self.add(_row(arch.to_json(), dataclasses.asdict(recipe), seed, result, self.device))
         return self.done[key]
+
+    @functools.cached_property
+    def images(self) -> datasets.ImageData:
+        """The data, loaded once, when a training in this process first needs it."""
+        return datasets.load(self.data)
 
     def add(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.done[_key(row["arch"], row["recipe"], row["seed"])] = row
 
-    def fill(
-        self, tasks: list[tuple[ArchSpec, ProxySettings, int]], data: str, workers: int
-    ) -> None:
+    def fill(self, tasks: list[tuple[ArchSpec, ProxySettings, int]], workers: int) -> None:
         """Train the missing tasks ``workers`` at a time, one thread each, keeping each row."""
-        missing = [
-            (arch.to_json(), dataclasses.asdict(recipe), seed)
-            for arch, recipe, seed in tasks
-            if _key(arch.to_json(), dataclasses.asdict(recipe), seed) not in self.done
-        ]
+        rows = [(arch.to_json(), dataclasses.asdict(recipe), seed) for arch, recipe, seed in tasks]
+        missing = [row for row in rows if _key(*row) not in self.done]
         print(f"{len(tasks) - len(missing)} of {len(tasks)} trainings already done", flush=True)
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_train_row, data, *task) for task in missing]
+            futures = [pool.submit(_train_row, self.data, *task) for task in missing]
             for future in as_completed(futures):
                 row = future.result()
                 self.add(row)
@@ -110,11 +110,12 @@ class Log:
                 )
 
 
-def _row(arch: str, recipe: dict[str, Any], seed: int, result: Any) -> dict:
+def _row(arch: str, recipe: dict[str, Any], seed: int, result: Any, device: str) -> dict:
     return {
         "arch": arch,
         "recipe": recipe,
         "seed": seed,
+        "device": device,
         "accuracy": result.accuracy,
         "epoch_accuracies": list(result.epoch_accuracies),
         "seconds": result.seconds,
@@ -124,15 +125,18 @@ def _row(arch: str, recipe: dict[str, Any], seed: int, result: Any) -> dict:
     }
 
 
-def _train_row(data: str, arch: str, recipe: dict[str, Any], seed: int) -> dict:
-    """One training in a worker process with one thread (its arithmetic does not depend on N)."""
+def train_one_thread(data: str, arch: str, recipe: dict[str, Any], seed: int) -> ProxyResult:
+    """One proxy training in a worker process, on one CPU thread (so its arithmetic does not
+    depend on how many workers run beside it); arguments as JSON-ready values."""
     import torch
 
     torch.set_num_threads(1)
-    result = train(
-        ArchSpec.from_json(arch), datasets.load(data), ProxySettings(**recipe), seed=seed
-    )
-    return {**_row(arch, recipe, seed, result), "device": "cpu", "threads": 1}
+    return train(ArchSpec.from_json(arch), datasets.load(data), ProxySettings(**recipe), seed=seed)
+
+
+def _train_row(data: str, arch: str, recipe: dict[str, Any], seed: int) -> dict:
+    result = train_one_thread(data, arch, recipe, seed)
+    return {**_row(arch, recipe, seed, result, "cpu"), "threads": 1}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(exist_ok=True)
     name = datasets.DEFAULT if args.data == "default" else args.data
     path = RESULTS / f"fidelity-{name.replace(':', '_').replace('/', '_')}.jsonl"
-    log = Log(path, datasets.load(args.data), device)
+    log = Log(path, args.data, device)
     proxy_recipe = dataclasses.replace(
         DEFAULTS, epochs=args.epochs, resolution=args.resolution, warmup_fraction=args.warmup
     )
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         tasks = [(a, reference, 0) for a in archs]
         tasks += [(a, proxy_recipe, seed) for seed in (0, 1) for a in archs]
         tasks += [(a, reference, 1) for a in archs] if args.long_seeds else []
-        log.fill(tasks, args.data, args.workers)
+        log.fill(tasks, args.workers)
     print(f"data {args.data}, {args.archs} architectures at {args.budget}")
     print(f"proxy: {proxy_recipe}\nreference: {reference}")
     print(

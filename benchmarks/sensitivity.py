@@ -40,11 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fidelity import sampled  # noqa: E402
+from fidelity import sampled, train_one_thread  # noqa: E402
 
 from search import data as datasets  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
-from search.proxy import ProxySettings, train  # noqa: E402
 from search.trainings import training_key  # noqa: E402
 from space import presets  # noqa: E402
 from space.cost import estimate, parse_budget  # noqa: E402
@@ -173,13 +172,7 @@ def every_stage_of(arch: ArchSpec, block: str, **options: object) -> ArchSpec:
 
 
 def _train_one(job: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(1)
-    arch = ArchSpec.from_json(job["arch"])
-    result = train(
-        arch, datasets.load(job["data"]), ProxySettings(**job["recipe"]), seed=job["seed"]
-    )
+    result = train_one_thread(job["data"], job["arch"], job["recipe"], job["seed"])
     row = {
         **job,
         "accuracy": result.accuracy,
