@@ -29,6 +29,7 @@ from typing import Any
 
 from retraining.recipe import Recipe
 from search.config import Parser, UsageError, add_option, check_writable, exit_status
+from search.data import NAMES as DATASET_NAMES
 from space.genotype import MIN_RESOLUTION
 
 
@@ -39,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data",
         default="default",
-        help="default, mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH[@SIZE] "
-        "(as run_search.py; default %(default)s)",
+        help=", ".join(DATASET_NAMES) + " (as run_search.py)",
     )
     parser.add_argument("--out", default="runs/retrain", help="run folder (default %(default)s)")
     parser.add_argument(

@@ -48,6 +48,13 @@ REFERENCE_WARMUP = 0.1  # the reference's warm-up, as its existing runs were mad
 OLD_ROWS = {"warmup_fraction": 0.1}  # what rows without a recipe were trained with
 
 
+def results_path(data: str, kind: str = "fidelity") -> Path:
+    """``benchmarks/results/<kind>-<data>.jsonl``, the data named in full (``default`` as the
+    set it stands for, a cluttered task's geometry spelt out)."""
+    name = str(datasets.parse_name(data)).replace(":", "_").replace("/", "_")
+    return RESULTS / f"{kind}-{name}.jsonl"
+
+
 def sampled(n: int, budget: int, seed: int = 0) -> list[ArchSpec]:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     return [sample(study.ask(), budget) for _ in range(n)]
@@ -165,28 +172,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tau(a: list[float], b: list[float]) -> str:
+    result = kendalltau(a, b)
+    return f"{result.statistic:.3f} (p = {result.pvalue:.4f})"
+
+
+def _seed_sd(first: list[float], second: list[float]) -> float:
+    """The pooled seed-to-seed standard deviation of one training, from pairs of seeds."""
+    return statistics.fmean((a - b) ** 2 / 2 for a, b in zip(first, second, strict=True)) ** 0.5
+
+
 def _report(
-    proxy: list[float], again: list[float], long: list[float], long_again: list[float]
+    proxy: list[float],
+    again: list[float],
+    long: list[float],
+    long_again: list[float],
+    seconds: dict[str, list[float]],
 ) -> None:
-    tau = kendalltau(proxy, long)
-    noise = kendalltau(proxy, again)
-    print()
-    print(f"Kendall tau, proxy vs reference: {tau.statistic:.3f} (p = {tau.pvalue:.3f})")
+    """Rank agreements (Kendall tau with p), spreads against seed noise, seconds per training."""
     mean = [(a + b) / 2 for a, b in zip(proxy, again, strict=True)]
-    tau_mean = kendalltau(mean, long).statistic
-    print(f"Kendall tau, mean of the two proxy seeds vs reference: {tau_mean:.3f}")
-    print(f"Kendall tau, proxy seed 0 vs seed 1: {noise.statistic:.3f}")
+    print()
+    print(f"Kendall tau, proxy seed 0 vs reference seed 0: {_tau(proxy, long)}")
+    print(f"Kendall tau, proxy seed 0 vs seed 1 (its own noise): {_tau(proxy, again)}")
     if long_again:
-        reference = kendalltau(long, long_again).statistic
-        print(f"Kendall tau, reference seed 0 vs seed 1 (its own noise): {reference:.3f}")
         both = [(a + b) / 2 for a, b in zip(long, long_again, strict=True)]
-        tau_both = kendalltau(proxy, both).statistic
-        print(f"Kendall tau, proxy vs the mean of the two references: {tau_both:.3f}")
-    for name, values in (("proxy", proxy), ("reference", long)):
+        ceiling = _tau(long, long_again)
+        print(f"Kendall tau, reference seed 0 vs seed 1 (the data's ceiling): {ceiling}")
+        print(f"Kendall tau, proxy seed 0 vs the references' seed mean: {_tau(proxy, both)}")
+        print(f"Kendall tau, proxy seed 1 vs the references' seed mean: {_tau(again, both)}")
+        print(f"Kendall tau, proxy seed mean vs the references' seed mean: {_tau(mean, both)}")
+    else:
+        both = long
+        print(f"Kendall tau, proxy seed mean vs reference seed 0: {_tau(mean, long)}")
+    pairs = [("proxy", mean, proxy, again)]
+    if long_again:
+        pairs.append(("reference", both, long, long_again))
+    for name, values, first, second in pairs:
+        sd = _seed_sd(first, second)
+        spread = max(values) - min(values)
         print(
-            f"{name} accuracy: min {min(values):.3f}, max {max(values):.3f}, "
-            f"spread {max(values) - min(values):.3f}, std {statistics.stdev(values):.3f}"
+            f"{name} accuracy (seed mean): {min(values):.3f}-{max(values):.3f}, spread "
+            f"{spread:.3f}, sd across architectures {statistics.stdev(values):.3f}; seed sd of "
+            f"one training {sd:.3f}: spread / seed sd {spread / sd if sd else float('inf'):.1f}"
         )
+    for name, values in seconds.items():
+        median, most = statistics.median(values), max(values)
+        print(f"{name} seconds per training: median {median:.0f}, max {most:.0f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,9 +235,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--workers trains on CPU threads; on a GPU use --workers 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     RESULTS.mkdir(exist_ok=True)
-    name = datasets.DEFAULT if args.data == "default" else args.data
-    path = RESULTS / f"fidelity-{name.replace(':', '_').replace('/', '_')}.jsonl"
-    log = Log(path, args.data, device)
+    try:
+        data = str(datasets.parse_name(args.data))
+    except ValueError as error:
+        parser.error(str(error))
+    log = Log(results_path(data), data, device)
     proxy_recipe = dataclasses.replace(
         DEFAULTS, epochs=args.epochs, resolution=args.resolution, warmup_fraction=args.warmup
     )
@@ -229,17 +262,21 @@ def main(argv: list[str] | None = None) -> None:
         "| proxy s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    proxy, again, long, long_again, seconds = [], [], [], [], []
+    proxy, again, long, long_again = [], [], [], []
+    seconds: dict[str, list[float]] = {"proxy": [], "reference": []}
     for i, arch in enumerate(archs):
         short, repeat = log.get(arch, proxy_recipe, 0), log.get(arch, proxy_recipe, 1)
         full = log.get(arch, reference, 0)
         proxy.append(short["accuracy"])
         again.append(repeat["accuracy"])
         long.append(full["accuracy"])
-        seconds.append(short["seconds"])
+        seconds["proxy"] += [short["seconds"], repeat["seconds"]]
+        seconds["reference"].append(full["seconds"])
         other = "-"
         if args.long_seeds:
-            long_again.append(log.get(arch, reference, 1)["accuracy"])
+            second = log.get(arch, reference, 1)
+            long_again.append(second["accuracy"])
+            seconds["reference"].append(second["seconds"])
             other = f"{long_again[-1]:.3f}"
         cost = estimate(arch)
         print(
@@ -248,8 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {other} | {short['seconds']:.0f} |",
             flush=True,
         )
-    _report(proxy, again, long, long_again)
-    print(f"proxy seconds: median {statistics.median(seconds):.0f}, max {max(seconds):.0f}")
+    _report(proxy, again, long, long_again, seconds)
 
 
 if __name__ == "__main__":

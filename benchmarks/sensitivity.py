@@ -40,9 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fidelity import sampled, train_one_thread  # noqa: E402
+from fidelity import results_path, sampled, train_one_thread  # noqa: E402
 
-from search import data as datasets  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from search.trainings import training_key  # noqa: E402
 from space import presets  # noqa: E402
@@ -284,8 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     )
     RESULTS.mkdir(exist_ok=True)
-    name = datasets.DEFAULT if args.data == "default" else args.data
-    log = RESULTS / f"sensitivity-{name.replace(':', '_').replace('/', '_')}.jsonl"
+    log = results_path(args.data, "sensitivity")
     done = {}
     if log.exists():
         for line in log.read_text().splitlines():

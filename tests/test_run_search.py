@@ -171,6 +171,8 @@ def existing_run(tmp_path: Path, fake_proxy: list) -> Path:
         (["--backend", "nni"], "argument --backend: invalid choice: 'nni'"),
         (["--data", "cifar10:/no/such/folder"], "dataset folder '/no/such/folder' does not exist"),
         (["--data", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--data", "fashion:/no/such/folder"], "apt-get install dataset-fashion-mnist"),
+        (["--data", "clutter@20"], "the canvas (20 px) must be at least as large as a digit"),
         (["--trials", "0"], "trials must be an integer >= 1"),
         (["--budget", "600M", "--seed", "1"], "holds a search made with seed=0; rerun with those"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 from pathlib import Path
@@ -170,3 +171,85 @@ def test_folder_errors(tmp_path: Path) -> None:
     write_folder(tmp_path / "two", classes=("a", "b"))
     with pytest.raises(ValueError, match="image size"):
         data.load(f"folder:{tmp_path / 'two'}@big")
+
+
+def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, *, gz: bool) -> None:
+    """Fashion-MNIST's training files in the IDX format (big-endian header, then bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
+        header = (0x0800 + array.ndim).to_bytes(4, "big")
+        header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+        payload = header + array.astype(np.uint8).tobytes()
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+        else:
+            (folder / name).write_bytes(payload)
+
+
+@pytest.fixture(scope="module")
+def fashion_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A folder of IDX files as the Debian package lays them out: 750 images of each class,
+    each image's index written into its first two rows and its label into the third."""
+    folder = tmp_path_factory.mktemp("fashion")
+    labels = np.repeat(np.arange(10), 750)[np.random.default_rng(1).permutation(7500)]
+    images = np.zeros((7500, 28, 28), dtype=np.uint8)
+    images[:, 0, :] = (np.arange(7500) // 256)[:, None]
+    images[:, 1, :] = (np.arange(7500) % 256)[:, None]
+    images[:, 2, :] = labels[:, None]
+    write_idx(folder, images, labels, gz=True)
+    return folder, labels
+
+
+def test_fashion_subset_is_stratified_fixed_and_disjoint(fashion_like: tuple) -> None:
+    folder, _ = fashion_like
+    train, val, classes, size = data.load(f"fashion:{folder}")
+    assert (len(train), len(val), classes, size) == (5000, 2000, 10, 28)
+    assert torch.bincount(train.labels).tolist() == [500] * 10
+    assert torch.bincount(val.labels).tolist() == [200] * 10
+    assert train.images.shape == (5000, 1, 28, 28) and train.natural  # flips are valid
+    assert torch.equal(train.images[:, 0, 2, 0].long(), train.labels)  # images keep labels
+    data._fashion.cache_clear()
+    again = data.load(f"fashion:{folder}")
+    assert torch.equal(again.train.images, train.images)
+    assert torch.equal(again.val.images, val.images)
+
+    def indices(images: torch.Tensor) -> set[int]:
+        return set((images[:, 0, 0, 0].long() * 256 + images[:, 0, 1, 0].long()).tolist())
+
+    assert len(indices(train.images)) == 5000 and len(indices(val.images)) == 2000
+    assert not indices(train.images) & indices(val.images)
+
+
+def test_fashion_reads_plain_idx_files_too(tmp_path: Path, fashion_like: tuple) -> None:
+    folder, _ = fashion_like
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for gz in folder.iterdir():
+        (plain / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+    assert torch.equal(
+        data.load(f"fashion:{plain}").val.images, data.load(f"fashion:{folder}").val.images
+    )
+
+
+@pytest.mark.skipif(
+    not data.FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+def test_fashion_from_the_debian_package() -> None:
+    train, val, classes, size = data.load("fashion")
+    assert (len(train), len(val), classes, size) == (5000, 2000, 10, 28)
+    assert torch.bincount(val.labels).tolist() == [200] * 10
+    assert 60 < train.images.float().mean() < 90  # garments, not an empty or noise file
+
+
+def test_fashion_errors_name_the_package_or_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist"):
+        data.load(f"fashion:{tmp_path / 'absent'}")
+    with pytest.raises(ValueError, match=r"missing file .*train-images-idx3-ubyte"):
+        data.load(f"fashion:{tmp_path}")
+    images = np.zeros((30, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "small", images, np.arange(30) % 10, gz=False)
+    with pytest.raises(ValueError, match="class 0 has 3 images; the subset needs 700"):
+        data.load(f"fashion:{tmp_path / 'small'}")
+    (tmp_path / "small" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(8))
+    with pytest.raises(ValueError, match="not an IDX file of bytes with 1 dimension"):
+        data.load(f"fashion:{tmp_path / 'small'}")
