@@ -278,7 +278,7 @@ def _clutter(clutter: Clutter) -> ImageData:
         digits.val.images,
         digits.val.labels,
         torch.arange(len(digits.val)).repeat(CLUTTER_VAL_COPIES),
-        clutter,
+        dataclasses.replace(clutter, fresh=False),  # validation is always one fixed set
         CLUTTER_SEEDS["val"],
     )
     return ImageData(train, val, 10, clutter.side)

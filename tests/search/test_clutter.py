@@ -121,6 +121,7 @@ def test_fresh_sets_draw_new_canvases_each_epoch_with_the_same_labels() -> None:
     fresh = data.load("clutter@40x4x8,fresh").train
     fixed = data.load("clutter@40x4x8,fixed").train
     assert fresh.fresh and not fixed.fresh
+    assert not data.load("clutter@40x4x8,fresh").val.fresh  # validation is never redrawn
     assert torch.equal(fresh.images, fixed.images)  # the same fixed set; only training differs
     first, second = fresh.draw("cpu", epoch=0), fresh.draw("cpu", epoch=1)
     assert not torch.equal(first, second) and not torch.equal(first, fresh.images)
