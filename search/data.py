@@ -205,7 +205,8 @@ def _read_idx(path: Path, dims: int) -> np.ndarray:
             raise ValueError(f"missing file {path} (or {gz.name}): is this a Fashion-MNIST folder?")
         path = gz
     try:
-        raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
     except (OSError, EOFError) as error:
         raise ValueError(f"cannot read {path}: {error}") from None
     magic = 0x0800 + dims
