@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import gzip
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -153,18 +154,36 @@ class FolderDataset(Dataset):
         return pixels.permute(2, 0, 1), label
 
 
-def _stratified_split(
-    labels: np.ndarray, val_fraction: float = 0.2
+def _stratified(
+    labels: np.ndarray, counts: Callable[[int], tuple[int, int]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a fixed train/validation split holding ``val_fraction`` of every class."""
+    """Fixed, disjoint (train, validation) indices: each class's members in a seeded random
+    order, the first ``counts(n)[1]`` of them to validation and the next ``counts(n)[0]`` to
+    training (``n`` the class's size)."""
     rng = np.random.default_rng(SPLIT_SEED)
     train, val = [], []
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        cut = round(len(members) * val_fraction)
-        val.append(members[:cut])
-        train.append(members[cut:])
+        n_train, n_val = counts(len(members))
+        if len(members) < n_train + n_val:
+            raise ValueError(
+                f"class {cls} has {len(members)} images; the subset needs {n_train + n_val}"
+            )
+        val.append(members[:n_val])
+        train.append(members[n_val : n_val + n_train])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _stratified_split(
+    labels: np.ndarray, val_fraction: float = 0.2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a fixed train/validation split holding ``val_fraction`` of every class."""
+
+    def counts(n: int) -> tuple[int, int]:
+        cut = round(n * val_fraction)
+        return n - cut, cut
+
+    return _stratified(labels, counts)
 
 
 def _in_memory(images: np.ndarray, labels: np.ndarray, *, natural: bool) -> ImageData:
@@ -223,18 +242,7 @@ def _stratified_subset(
     labels: np.ndarray, train_per_class: int, val_per_class: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fixed, disjoint train and validation indices with so many images of every class."""
-    rng = np.random.default_rng(SPLIT_SEED)
-    train, val = [], []
-    for cls in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        if len(members) < train_per_class + val_per_class:
-            raise ValueError(
-                f"class {cls} has {len(members)} images; the subset needs "
-                f"{train_per_class + val_per_class}"
-            )
-        val.append(members[:val_per_class])
-        train.append(members[val_per_class : val_per_class + train_per_class])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    return _stratified(labels, lambda n: (train_per_class, val_per_class))
 
 
 @functools.lru_cache(maxsize=2)
