@@ -37,8 +37,9 @@ from typing import Any
 import optuna
 from scipy.stats import kendalltau
 
-from search import data as datasets
-from search.proxy import DEFAULTS, ProxyResult, ProxySettings, resolve_device, train
+from common import datasets
+from common.device import resolve_device
+from search.proxy import DEFAULTS, ProxyResult, ProxySettings, train
 from space.cost import estimate, parse_budget
 from space.genotype import ArchSpec
 from space.sampling import sample

@@ -49,6 +49,7 @@ from blocks.registry import (
     HEADS,
     STEMS,
     BlockOptions,
+    MapChoice,
     SharedChoices,
     Stage,
     StageLike,
@@ -400,6 +401,23 @@ class AEWinStage(Stage):
     def costliest_options(cls, stage: int) -> AEWinOptions:
         """Stripes only, at the widest stripe: each token attends to the most keys."""
         return AEWinOptions(cls.SPLITS["1/2,1/2,0"], cls.WINDOW, max(cls.STRIPES))
+
+    @classmethod
+    def map_choices(cls, stage: int, side: int) -> list[MapChoice]:
+        """The stripe width (min(stripe, side) rows: a stripe as wide as the map is all of it)
+        and the head split (whether stripes of the narrowest width and the window stay local:
+        on a map no wider than them every head type attends to the whole map)."""
+        stripes = tuple(f"{min(s, side)}-row stripes" for s in cls.STRIPES)
+        kinds = ("horizontal", "vertical", "window")
+        local = (side > min(cls.STRIPES), side > min(cls.STRIPES), side > cls.WINDOW)
+        split = tuple(
+            kind if is_local else "global attention"
+            for kind, is_local in zip(kinds, local, strict=True)
+        )
+        return [
+            MapChoice("AEWin stripe", cls.STRIPES, stripes),
+            MapChoice("AEWin head split", kinds, split),
+        ]
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(self.transition(x)), None

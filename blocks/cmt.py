@@ -44,6 +44,7 @@ from blocks.registry import (
     HEADS,
     STEMS,
     BlockOptions,
+    MapChoice,
     SharedChoices,
     Stage,
     StageLike,
@@ -256,6 +257,13 @@ class CMTStage(Stage):
     @classmethod
     def costliest_options(cls, stage: int) -> CMTOptions:
         return CMTOptions(min(cls.KV_REDUCTIONS[stage]))
+
+    @classmethod
+    def map_choices(cls, stage: int, side: int) -> list[MapChoice]:
+        """k: the key grid ceil(side / k) of each choice."""
+        ks = cls.KV_REDUCTIONS[stage]
+        keys = tuple(f"{math.ceil(side / k)}x{math.ceil(side / k)} keys" for k in ks)
+        return [MapChoice("CMT k", ks, keys)]
 
     def bias_for(self, height: int, width: int) -> Tensor:
         """The stage's bias table for an (height, width) map, resized if the size differs."""

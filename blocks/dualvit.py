@@ -48,6 +48,7 @@ from blocks.registry import (
     HEADS,
     STEMS,
     BlockOptions,
+    MapChoice,
     SharedChoices,
     Stage,
     StageLike,
@@ -362,6 +363,15 @@ class DualStage(Stage):
     def costliest_options(cls, stage: int) -> DualOptions:
         """The most tokens, and Merge blocks (attention over every pixel) where allowed."""
         return DualOptions(min(cls.POOLS), cls.MODES[stage][-1])
+
+    @classmethod
+    def map_choices(cls, stage: int, side: int) -> list[MapChoice]:
+        """The token pool, drawn once per network: the token grid ``token_grid(side, pool)`` of
+        a first Dual stage, reported at stage 1, where the space's Dual-led networks start."""
+        if stage != 0:
+            return []
+        grids = tuple(f"{token_grid(side, p)}x{token_grid(side, p)} tokens" for p in cls.POOLS)
+        return [MapChoice("Dual pool", cls.POOLS, grids)]
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.transition(x)

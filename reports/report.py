@@ -28,9 +28,9 @@ from reports.tables import (
     tradeoff_data,
 )
 from search.config import SearchConfig
-from search.geometry import blind_spots
 from search.pipeline import CMT_COEFFICIENTS, SCALING_PHI, Results
 from space.genotype import ArchSpec
+from space.geometry import blind_spots
 
 __all__ = ["FILES", "render", "write_reports"]
 
@@ -324,7 +324,7 @@ def _method_section(config: SearchConfig) -> list[str]:
 
 
 def _blind_spot_lines(resolution: int) -> list[str]:
-    """What the proxy input cannot tell apart (``search.geometry``): the searched choices that
+    """What the proxy input cannot tell apart (``space.geometry``): the searched choices that
     give the same model at it, and so were chosen by MACs and by chance."""
     spots = blind_spots(resolution)
     if not spots:

@@ -8,7 +8,7 @@ because every epoch's batches and augmentations follow from the seed and the epo
 (``retraining.data.seed_epoch``), a run killed and resumed ends with the weights and metrics of
 one that never stopped (on the CPU, where the kernels are deterministic, and with the same
 number of data-loading workers, each of which draws its own augmentations). The device rules are
-the search's: ``search.proxy.resolve_device``, channels_last, bfloat16 autocast on CUDA where
+the search's: ``common.device.resolve_device``, channels_last, bfloat16 autocast on CUDA where
 supported (float16 with loss scaling elsewhere). Checkpoints hold tensors and plain values only
 and are read with ``torch.load(weights_only=True)``.
 """
@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from blocks import build_model
+from common.datasets import ImageData
+from common.device import amp_dtype
 from retraining import data as pipeline
 from retraining.recipe import Recipe
-from search.data import ImageData
-from search.proxy import amp_dtype
 from space.fields import field_names, reject_unknown
 from space.genotype import ArchSpec
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import filelock
 import optuna
 
-from search import data as datasets
+from common import datasets
+from common.device import resolve_device
+from common.lock import folder_lock
 from search import storage, trial, workers
 from search.config import SearchConfig
-from search.proxy import resolve_device
 from search.pruning import DominancePruner, Finished
 from search.records import OnTrial
 from space.sampling import check_budget
@@ -111,7 +112,7 @@ class OptunaBackend:
     def run(self, config: SearchConfig, on_trial: OnTrial | None = None) -> None:
         datasets.load(config.data)
         check_budget(config.budget_macs, config.resolution)
-        with storage.folder_lock(Path(config.out)):
+        with folder_lock(Path(config.out)):
             journal = storage.journal(config.out)
             # A fresh run repeats exactly; a resumed one does not draw its first trials again.
             seed = config.seed + storage.trial_count(config.out)

@@ -30,8 +30,10 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from common import datasets
+from common.device import resolve_device
+from common.lock import folder_lock
 from search import backends, proxy, storage, workers
-from search import data as datasets
 from search.config import SearchConfig
 from search.records import OnTrial, to_frame
 from search.trainings import Training, TrainingLog, training_key
@@ -243,7 +245,7 @@ class _Trainer:
         queue = self._missing(first) + _largest_first(self._missing(rest))
         firsts = {self._key(job) for job in first}
         self.total = len(queue)
-        with workers.pool(self.workers, proxy.resolve_device(config.device)) as executor:
+        with workers.pool(self.workers, resolve_device(config.device)) as executor:
             while queue or self.running or not planned:
                 waiting = {self._key(job) for job in [*queue, *self.running.values()]}
                 if not planned and firsts.isdisjoint(waiting):
@@ -315,7 +317,7 @@ def run(
         trials = to_frame(storage.records(config.out))
         return _steps(config, trials, _Trainer(config, TrainingLog(config.out), False, _quiet))
     backends.get(config.backend).run(config, on_trial)
-    with storage.folder_lock(config.out):
+    with folder_lock(config.out):
         trials = to_frame(storage.records(config.out))
         trainer = _Trainer(config, TrainingLog(config.out), True, on_step or _quiet)
         return _steps(config, trials, trainer)

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from blocks import build_model
-from search.data import ClutteredDigits, ImageData, ImageTensorDataset
+from common.datasets import ClutteredDigits, ImageData, ImageTensorDataset
+from common.device import amp_dtype, resolve_device
 from search.graphs import GraphedStep, can_capture
 from search.memory import available_bytes, training_bytes
 from space.fields import check_values
@@ -53,8 +54,6 @@ __all__ = [
     "MIN_PROXY_RESOLUTION",
     "ProxyResult",
     "ProxySettings",
-    "amp_dtype",
-    "resolve_device",
     "train",
 ]
 
@@ -240,24 +239,6 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU. ``cuda[:N]`` asked for
-    on a machine without CUDA, or with N beyond the visible GPUs, is a ValueError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
-        visible = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= visible:
-            raise ValueError(
-                f"device {device!r} was asked for, but only {visible} GPU(s) are visible "
-                f"(cuda:0 to cuda:{visible - 1})"
-            )
-    return dev
-
-
 class _Run(NamedTuple):
     """What one training works with: the model and its optimiser, schedule and loss scaler,
     the device and the autocast type (None: full precision)."""
@@ -268,13 +249,6 @@ class _Run(NamedTuple):
     scaler: torch.amp.GradScaler
     device: torch.device
     amp: torch.dtype | None
-
-
-def amp_dtype(dev: torch.device) -> torch.dtype | None:
-    """The autocast type: bfloat16 on CUDA where supported, else float16; none on the CPU."""
-    if dev.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _setup(

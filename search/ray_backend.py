@@ -37,7 +37,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search import data as datasets
+from common import datasets
+from common.lock import folder_lock
 from search import storage, trial
 from search.config import SearchConfig
 from search.records import OnTrial
@@ -206,7 +207,7 @@ class RayBackend:
         config = dataclasses.replace(
             config, data=datasets.absolute(config.data), out=str(Path(config.out).resolve())
         )
-        with storage.folder_lock(config.out):
+        with folder_lock(config.out):
             journal = storage.journal(config.out)
             study = storage.open_study(journal, trial.sampler(config))
             first = len(study.trials)  # trials of this run (redone ones too) number from here

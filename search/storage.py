@@ -4,7 +4,6 @@
   a killed process and shared by processes, Ray workers included; ``optuna-dashboard
   <out>/study.journal`` opens it). Its study holds two objectives, proxy accuracy (up) and MACs
   (down), and each trial's user attributes (``ATTRS``) say what it trained and how it went.
-- Lock: ``folder_lock`` keeps a second run out of a folder in use.
 - Resume: ``recover_interrupted`` fails the trials a dead process left RUNNING (reason
   ``INTERRUPTED``) and queues their parameters again, so the next trial redoes the same
   architecture; interrupted trials do not use a slot (``slots_used``).
@@ -13,14 +12,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
-import filelock
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -32,11 +28,9 @@ __all__ = [
     "ATTRS",
     "INTERRUPTED",
     "STUDY_NAME",
-    "FolderBusy",
     "RepeatedFailure",
     "check_failures",
     "completed",
-    "folder_lock",
     "journal",
     "load_study",
     "open_study",
@@ -66,26 +60,6 @@ ATTRS = (
     "redo_of",
 )
 log = logging.getLogger(__name__)
-
-
-class FolderBusy(RuntimeError):
-    """Another process is running in the same run folder (a search or a retraining)."""
-
-
-@contextlib.contextmanager
-def folder_lock(out: str | Path) -> Iterator[None]:
-    """Hold ``out/.lock`` for the duration; another process gets ``FolderBusy`` at once."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(out / ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise FolderBusy(f"another run is using {out}; wait for it or use another --out") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def journal(out: str | Path) -> JournalStorage:

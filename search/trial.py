@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from common.datasets import ImageData
 from search import proxy
 from search.config import SearchConfig
-from search.data import ImageData
 from search.pruning import TrialStopped
 from search.storage import completed, trial_id
 from space.cost import estimate

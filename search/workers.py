@@ -19,8 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
+from common.device import resolve_device
 from search.config import SearchConfig
-from search.proxy import resolve_device
 
 __all__ = [
     "CPU_WORKERS",

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from common import datasets as data
+from common.datasets import ImageData, ImageTensorDataset
 from retraining.recipe import Recipe
 from retraining.trainer import Diverged, RetrainSettings, checkpoint_model, train
-from search import data
-from search.data import ImageData, ImageTensorDataset
 from tests.search.test_proxy import tiny_arch
 
 CPU = torch.device("cpu")

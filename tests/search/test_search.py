@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 import search.proxy
+from common.lock import FolderBusy, folder_lock
 from search import ProxySettings, SearchConfig, run, storage, trial_table
 from search.proxy import ProxyResult
 from search.pruning import DominancePruner, Finished, TrialStopped
@@ -132,8 +133,8 @@ def test_hopeless_trials_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_another_process_in_the_same_folder_is_refused(tmp_path: Path, backend: str) -> None:
     config = tiny(trials=1, out=str(tmp_path / "run"), backend=backend)
     with (
-        storage.folder_lock(config.out),
-        pytest.raises(storage.FolderBusy, match="another run is using"),
+        folder_lock(config.out),
+        pytest.raises(FolderBusy, match="another run is using"),
     ):
         run(config)
 
@@ -355,5 +356,5 @@ def test_two_trials_at_a_time_share_the_study(tmp_path: Path) -> None:
     table = run(config)
     assert len(table) == 4 and set(table.state) <= {"COMPLETE", "PRUNED"}
     assert (table.macs <= config.budget_macs).all()
-    with storage.folder_lock(config.out), pytest.raises(storage.FolderBusy):
+    with folder_lock(config.out), pytest.raises(FolderBusy):
         run(dataclasses.replace(config, trials=6))
