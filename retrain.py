@@ -150,8 +150,8 @@ def summarise(
 
     from blocks import build_model
     from common.device import amp_dtype
-    from retraining.data import loader
     from retraining.export import export, images_per_second
+    from retraining.inputs import loader
     from retraining.trainer import checkpoint_model
     from space.cost import count, count_model
 
@@ -191,9 +191,9 @@ def summarise(
     }
 
 
-def run(args: argparse.Namespace) -> dict:
+def retrain_and_export(args: argparse.Namespace) -> dict:
     from common.lock import folder_lock
-    from retraining.trainer import train
+    from retraining.trainer import retrain
 
     settings, data, device, formats = prepare(args)
     out = Path(args.out)
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
                     flush=True,
                 )
 
-        history = train(
+        history = retrain(
             settings,
             data,
             out,
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     return exit_status(
         "retrain.py",
-        lambda: run(build_parser().parse_args(argv)),
+        lambda: retrain_and_export(build_parser().parse_args(argv)),
         usage=(FolderBusy,),
         failures=(Diverged, ExportCheckFailed),
     )

@@ -112,7 +112,7 @@ class Progress:
         self.bar = None
 
 
-def run(args: argparse.Namespace) -> None:
+def search_and_report(args: argparse.Namespace) -> None:
     import optuna
 
     from reports.report import write_reports
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     return exit_status(
         "run_search.py",
-        lambda: run(build_parser().parse_args(argv)),
+        lambda: search_and_report(build_parser().parse_args(argv)),
         usage=(FolderBusy,),
         failures=(RepeatedFailure,),
     )

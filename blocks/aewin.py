@@ -46,7 +46,6 @@ from blocks.layers import (
 )
 from blocks.registry import (
     BLOCKS,
-    HEADS,
     STEMS,
     BlockOptions,
     MapChoice,
@@ -56,13 +55,13 @@ from blocks.registry import (
     StagePlan,
     TrialLike,
 )
+from common.fields import check_integer
 
 __all__ = [
     "AEWinBlock",
     "AEWinOptions",
     "AEWinStage",
     "AxialWindowAttention",
-    "NormHead",
     "PatchStem",
 ]
 
@@ -97,10 +96,8 @@ class AEWinOptions(BlockOptions):
             )
         if abs(sum(split) - 1.0) > 1e-6:
             raise ValueError(f"split ratios must sum to 1, got {split} (sum {sum(split):g})")
-        for name in ("window", "stripe"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_integer("window", self.window)
+        check_integer("stripe", self.stripe)
 
     def groups(self, width: int, heads: int) -> list[HeadGroup]:
         """The non-empty head groups of a ``width``-channel, ``heads``-head layer."""
@@ -421,28 +418,3 @@ class AEWinStage(Stage):
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(self.transition(x)), None
-
-
-@HEADS.register("norm")
-class NormHead(nn.Module):
-    """LayerNorm -> global average pool -> dropout -> linear (Swin, CSWin)."""
-
-    has_width = False
-
-    def __init__(
-        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(last.width)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(last.width, num_classes)
-
-    @staticmethod
-    def cost(
-        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
-    ) -> Cost:
-        return norm(last.width) + linear(last.width, num_classes, 1)
-
-    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
-        x = self.norm(x.permute(0, 2, 3, 1)).mean(dim=(1, 2))
-        return self.fc(self.dropout(x))

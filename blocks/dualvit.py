@@ -55,6 +55,7 @@ from blocks.registry import (
     StagePlan,
     TrialLike,
 )
+from common.fields import check_integer
 
 __all__ = [
     "ClassAttentionHead",
@@ -79,8 +80,7 @@ class DualOptions(BlockOptions):
     mode: str = "dual"
 
     def __post_init__(self) -> None:
-        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 1:
-            raise ValueError(f"pool must be an integer >= 1, got {self.pool!r}")
+        check_integer("pool", self.pool)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 

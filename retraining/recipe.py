@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from common.cli import setting
-from space.fields import check_values
+from common.fields import check_values
 
 __all__ = ["LR_BATCH", "Recipe"]
 

@@ -18,14 +18,14 @@ from typing import Any
 
 from common.cli import add_option, setting
 from common.datasets import NAMES as DATASET_NAMES
+from common.fields import check_integer, field_names, reject_unknown
+from search.backends import BACKENDS
 from search.proxy import MIN_PROXY_RESOLUTION, ProxySettings
 from space.cost import parse_budget
-from space.fields import field_names, reject_unknown
 from space.genotype import MIN_RESOLUTION
 
-__all__ = ["BACKENDS", "SAMPLERS", "SCALING", "SearchConfig", "add_options", "from_options"]
+__all__ = ["SAMPLERS", "SCALING", "SearchConfig", "add_options", "from_options"]
 
-BACKENDS = ("optuna", "ray")
 SAMPLERS = ("nsga2", "tpe")
 SCALING = ("search", "cmt")
 
@@ -113,17 +113,13 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)
-        for name, low in (("trials", 1), ("resolution", MIN_RESOLUTION)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_integer("trials", self.trials)
+        check_integer("resolution", self.resolution, MIN_RESOLUTION)
         if not isinstance(self.proxy, ProxySettings):
             raise ValueError(f"proxy must be ProxySettings, got {type(self.proxy).__name__}")
         if self.scaling not in SCALING:
             raise ValueError(f"scaling must be one of {', '.join(SCALING)}, got {self.scaling!r}")
-        value = self.scaling_candidates
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"scaling_candidates must be an integer >= 1, got {value!r}")
+        check_integer("scaling_candidates", self.scaling_candidates)
         self._check_baselines()
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
@@ -135,12 +131,8 @@ class SearchConfig:
             raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        value = self.parallel
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"parallel must be an integer >= 0, got {value!r}")
-        value = self.max_repeated_failures
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_repeated_failures must be an integer >= 1, got {value!r}")
+        check_integer("parallel", self.parallel, 0)
+        check_integer("max_repeated_failures", self.max_repeated_failures)
 
     def _check_baselines(self) -> None:
         from space import presets  # the presets' names, checked here so a typo fails at once

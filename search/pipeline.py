@@ -1,4 +1,4 @@
-"""A run as a pipeline (SPEC section 10), each step recorded in the run folder as it finishes.
+"""A run as a pipeline of steps, each step recorded in the run folder as it finishes.
 
 1. ``search``: the architecture search within the budget (the backend's trials, in
    ``study.journal``). S is the most accurate completed trial within the budget.
@@ -35,7 +35,7 @@ from common.device import resolve_device
 from common.lock import folder_lock
 from search import backends, proxy, storage, workers
 from search.config import SearchConfig
-from search.records import OnTrial, to_frame
+from search.records import OnTrial
 from search.trainings import Training, TrainingLog, training_key
 from space import presets
 from space.cost import estimate
@@ -191,14 +191,15 @@ def _largest_first(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: -estimate(job.arch).macs)
 
 
-class _Trainer:
+class _Trainings:
     """Looks jobs up in the run folder's log and, when allowed, trains the missing ones,
     ``workers`` at a time, recording each as it ends."""
 
-    def __init__(self, config: SearchConfig, log: TrainingLog, train: bool, on_step: OnStep):
-        self.config, self.log, self.train, self.on_step = config, log, train, on_step
+    def __init__(self, config: SearchConfig, log: TrainingLog, may_train: bool, on_step: OnStep):
+        self.config, self.log, self.may_train = config, log, may_train
+        self.on_step = on_step
         self.done = log.load()
-        self.workers = workers.step_workers(config) if train else 1
+        self.workers = workers.step_workers(config) if may_train else 1
         self.finished, self.total = 0, 0
         self.running: dict[Any, Job] = {}
 
@@ -217,11 +218,13 @@ class _Trainer:
         unique = {self._key(job): job for job in jobs if self.known(job) is None}
         return list(unique.values())
 
-    def run(self, first: list[Job], rest: list[Job], then: Callable[[], list[Job]]) -> None:
+    def train_missing(
+        self, first: list[Job], rest: list[Job], then: Callable[[], list[Job]]
+    ) -> None:
         """Train what is missing of ``first``, of ``then()`` (planned once ``first`` is done)
         and of ``rest``. One worker trains them in that order; several start with ``first``
         and the largest of ``rest``, and take ``then()``'s as soon as it can be planned."""
-        if not self.train:
+        if not self.may_train:
             return
         if self.workers == 1:
             for job in self._missing(first):
@@ -277,30 +280,30 @@ class _Trainer:
         self.on_step(self.finished, max(self.total, self.finished), labels)
 
 
-def _steps(config: SearchConfig, trials: pd.DataFrame, trainer: _Trainer) -> Results:
+def _steps(config: SearchConfig, trials: pd.DataFrame, trainings: _Trainings) -> Results:
     """Steps 2-5 after the search: plan, look up, train what is missing."""
     best = best_within_budget(trials, config.budget_macs)
     if best is None:
         return Results(trials, None, [], CMT_COEFFICIENTS, [], [], [])
     s = ArchSpec.from_json(best.arch)
     searched = _search_training(best, config)
-    trainer.done.setdefault(searched.key, searched)
+    trainings.done.setdefault(searched.key, searched)
     scaling_jobs = _scaling_jobs(s, config)
     baseline_jobs, noise_jobs = _baseline_jobs(config), _noise_jobs(s, config)
 
     def family_jobs() -> list[Job]:
-        return _family_jobs(s, _chosen(trainer.rows(scaling_jobs)), config)
+        return _family_jobs(s, _chosen(trainings.rows(scaling_jobs)), config)
 
-    trainer.run(scaling_jobs, baseline_jobs + noise_jobs, family_jobs)
-    scaling = trainer.rows(scaling_jobs)
+    trainings.train_missing(scaling_jobs, baseline_jobs + noise_jobs, family_jobs)
+    scaling = trainings.rows(scaling_jobs)
     return Results(
         trials,
         best,
         scaling,
         _chosen(scaling),
-        trainer.rows(family_jobs()),
-        trainer.rows(baseline_jobs),
-        trainer.rows(noise_jobs),
+        trainings.rows(family_jobs()),
+        trainings.rows(baseline_jobs),
+        trainings.rows(noise_jobs),
     )
 
 
@@ -314,13 +317,13 @@ def run(
     """Run (or resume) every step of ``config``'s run; with ``report_only`` run nothing and
     return what the run folder holds."""
     if report_only:
-        trials = to_frame(storage.records(config.out))
-        return _steps(config, trials, _Trainer(config, TrainingLog(config.out), False, _quiet))
-    backends.get(config.backend).run(config, on_trial)
+        trials = storage.trial_table(config.out)
+        return _steps(config, trials, _Trainings(config, TrainingLog(config.out), False, _quiet))
     with folder_lock(config.out):
-        trials = to_frame(storage.records(config.out))
-        trainer = _Trainer(config, TrainingLog(config.out), True, on_step or _quiet)
-        return _steps(config, trials, trainer)
+        backends.run_trials_locked(config, on_trial)
+        trials = storage.trial_table(config.out)
+        trainings = _Trainings(config, TrainingLog(config.out), True, on_step or _quiet)
+        return _steps(config, trials, trainings)
 
 
 def _quiet(done: int, total: int, running: list[str]) -> None:

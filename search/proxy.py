@@ -44,9 +44,9 @@ from torch.utils.data import DataLoader, Dataset
 from blocks import build_model
 from common.datasets import ClutteredDigits, ImageData, ImageTensorDataset
 from common.device import amp_dtype, resolve_device
+from common.fields import check_values
 from search.graphs import GraphedStep, can_capture
 from search.memory import available_bytes, training_bytes
-from space.fields import check_values
 from space.genotype import ArchSpec
 
 __all__ = [

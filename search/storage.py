@@ -18,11 +18,12 @@ import warnings
 from pathlib import Path
 
 import optuna
+import pandas as pd
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from search.records import TrialRecord, best_accuracy
+from search.records import TrialRecord, best_accuracy, to_frame
 
 __all__ = [
     "ATTRS",
@@ -42,6 +43,7 @@ __all__ = [
     "to_record",
     "trial_count",
     "trial_id",
+    "trial_table",
 ]
 
 STUDY_NAME = "search"
@@ -200,3 +202,9 @@ def records(out: str | Path) -> list[TrialRecord]:
     are not trials yet)."""
     trials = load_study(out).get_trials(deepcopy=False)
     return [to_record(t) for t in trials if t.state != TrialState.WAITING]
+
+
+def trial_table(out: str | Path) -> pd.DataFrame:
+    """The trial table (``search.records.COLUMNS``) of the run folder ``out`` as it stands,
+    without running anything; ``ValueError`` if the folder holds no search."""
+    return to_frame(records(out))
