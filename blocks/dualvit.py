@@ -26,8 +26,8 @@ tokens x of the feature map and m semantic tokens z of the same width.
   is not built.
 
 ``dualvit_s`` is the official model: its weights load by a name map and give the same logits
-(README). One difference remains, invisible at 224px: the official pooling is a 7x7 window with
-stride 7 (floor), ours is adaptive to round(side / pool).
+(``docs/macs.md``). One difference remains, invisible at 224px: the official pooling is a 7x7
+window with stride 7 (floor), ours is adaptive to round(side / pool).
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fash
 FASHION_PACKAGE = "dataset-fashion-mnist"
 # Per class, from Fashion-MNIST's 60,000 training images (the 10,000 test images stay unseen):
 # 500 to train (5,000: one proxy epoch costs what mnist5k's 4,000 did, 1.25x) and 200 to
-# validate (2,000: one image is 0.05 points). README "Datasets" has the measurements.
+# validate (2,000: one image is 0.05 points). ``docs/data.md`` has the measurements.
 FASHION_TRAIN_PER_CLASS = 500
 FASHION_VAL_PER_CLASS = 200
 # The default cluttered task, chosen by a pilot (docs/data.md): on a 60 px canvas one proxy epoch

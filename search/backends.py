@@ -1,13 +1,8 @@
-"""The search backends, by name, and the study's lifecycle around them.
+"""The search backends, by name. A backend only runs trials; the run folder's study
+(``search.storage``) holds them, so every backend's trials read back the same way, and the study's
+lifecycle around a backend is ``search.lifecycle``'s, the same for every backend.
 
-A backend only runs trials; the run folder's study (``search.storage``) holds them, so every
-backend's trials read back the same way. ``run_trials`` is the lifecycle, once for every backend:
-the data and the budget checked, the folder locked (by the caller when it runs more steps under
-the same lock: ``run_trials_locked``), the study opened, the trials a dead process left running
-failed and queued again, the backend's trials run, then the same recovery for trials the backend
-left running, and the repeated-failure check.
-
-Backends import lazily (Ray is heavy): the table names where each one lives.
+Backends import lazily (Ray is heavy): the one table of backends names where each one lives.
 """
 
 from __future__ import annotations
@@ -17,26 +12,12 @@ import re
 from importlib import metadata
 from typing import TYPE_CHECKING, Protocol
 
-import optuna
-
-from common import datasets
-from common.lock import folder_lock
-from search import storage
 from search.records import OnTrial
-from space.sampling import check_budget
 
 if TYPE_CHECKING:
     from search.config import SearchConfig
 
-__all__ = [
-    "BACKENDS",
-    "NEEDS",
-    "Backend",
-    "check_versions",
-    "get",
-    "run_trials",
-    "run_trials_locked",
-]
+__all__ = ["BACKENDS", "NEEDS", "Backend", "check_versions", "get"]
 
 # The one table of backends: name -> where it lives.
 _WHERE = {"optuna": "search.optuna_backend:OptunaBackend", "ray": "search.ray_backend:RayBackend"}
@@ -51,7 +32,7 @@ class Backend(Protocol):
     """A search driver. ``run_trials(config, first, on_trial)`` runs trials into the open study
     of ``config.out`` until ``config.trials`` slots are used or the same failure repeats among
     the trials numbered ``first`` or later, calling ``on_trial(finished, best_accuracy)`` as
-    trials end. It is called by ``run_trials`` with the folder locked and recovered."""
+    trials end. ``search.lifecycle.run_trials`` calls it with the folder locked and recovered."""
 
     name: str
 
@@ -88,30 +69,3 @@ def get(name: str) -> Backend:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(_WHERE)}")
     module, _, cls = _WHERE[name].partition(":")
     return getattr(importlib.import_module(module), cls)()
-
-
-def run_trials(config: SearchConfig, on_trial: OnTrial | None = None) -> None:
-    """Run (or continue) the search ``config`` describes with its backend, until its trial slots
-    are used, holding the run folder's lock; ``search.storage.trial_table`` reads the trials
-    back. ``RepeatedFailure`` when the same failure repeats."""
-    with folder_lock(config.out):
-        run_trials_locked(config, on_trial)
-
-
-def run_trials_locked(config: SearchConfig, on_trial: OnTrial | None = None) -> None:
-    """``run_trials`` for a caller that holds the run folder's lock (the pipeline, which goes
-    on to its steps under it)."""
-    backend = get(config.backend)
-    datasets.load(config.data)  # a bad dataset or budget fails before the study is touched
-    check_budget(config.budget_macs, config.resolution)
-    journal = storage.journal(config.out)
-    study = storage.open_study(journal, optuna.samplers.RandomSampler())
-    first = len(study.trials)  # trials of this run (redone ones too) number from here
-    storage.recover_interrupted(study, journal)
-    backend.run_trials(config, first, on_trial)
-    # Trials still running when the backend stopped (Ray's, say) are redone by the next run.
-    study = storage.load_study(config.out)
-    storage.recover_interrupted(study, journal)
-    if on_trial is not None:
-        on_trial(*storage.progress(study))
-    storage.check_failures(study, first, config.max_repeated_failures)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, NamedTuple
@@ -33,9 +32,9 @@ import pandas as pd
 from common import datasets
 from common.device import resolve_device
 from common.lock import folder_lock
-from search import backends, proxy, storage, workers
+from search import lifecycle, proxy, storage, workers
 from search.config import SearchConfig
-from search.records import OnTrial
+from search.records import OnTrial, TrialRecord, best_within_budget, to_frame
 from search.trainings import Training, TrainingLog, training_key
 from space import presets
 from space.cost import estimate
@@ -51,9 +50,9 @@ from space.scaling import (
     spread_candidates,
 )
 
-__all__ = ["SCALING_PHI", "Job", "Results", "best_within_budget", "run"]
+__all__ = ["SCALING_PHI", "Job", "Results", "run"]
 
-SCALING_PHI = -1.0  # where candidates are scored (README: measured cost, why not +1)
+SCALING_PHI = -1.0  # where candidates are scored (docs/results.md: measured cost, why not +1)
 CMT_COEFFICIENTS = (ALPHA, BETA, GAMMA)
 OnStep = Callable[[int, int, list[str]], None]
 """Progress of the trainings after the search: ``on_step(done, total, running)``, ``running``
@@ -91,21 +90,12 @@ class Results:
     budget, None without one), the rows of each training step, and the chosen coefficients."""
 
     trials: pd.DataFrame
-    best: pd.Series | None
+    best: TrialRecord | None
     scaling: list[Row]
     coefficients: tuple[float, float, float]
     family: list[Row]
     baselines: list[Row]
     noise: list[Row]
-
-
-def best_within_budget(trials: pd.DataFrame, budget_macs: int) -> pd.Series | None:
-    """The most accurate completed trial within the budget (fewer MACs, then earlier, on ties)."""
-    scored = trials[(trials.state == "COMPLETE") & trials.accuracy.notna() & trials.macs.notna()]
-    scored = scored[scored.macs <= budget_macs]
-    if scored.empty:
-        return None
-    return scored.sort_values(["accuracy", "macs", "number"], ascending=[False, True, True]).iloc[0]
 
 
 def _job(step: str, label: str, arch: ArchSpec, config: SearchConfig, **facts: Any) -> Job:
@@ -165,13 +155,11 @@ def _noise_jobs(s: ArchSpec, config: SearchConfig) -> list[Job]:
     ]
 
 
-def _search_training(best: pd.Series, config: SearchConfig) -> Training:
+def _search_training(best: TrialRecord, config: SearchConfig) -> Training:
     """S's search trial as a recorded training (the search trained it with the run's seed)."""
-    arch = ArchSpec.from_json(best.arch)
-    epochs = tuple(json.loads(best.epoch_accuracies))
-    result = proxy.ProxyResult(float(best.accuracy), epochs, float(best.train_seconds or 0), 0.0)
+    result = proxy.ProxyResult(best.accuracy, best.epoch_accuracies, best.train_seconds or 0, 0.0)
     return Training.of(
-        "search", f"trial {int(best.number)}", arch, config.proxy, config.data, config.seed, result
+        "search", f"trial {best.number}", best.arch, config.proxy, config.data, config.seed, result
     )
 
 
@@ -280,12 +268,13 @@ class _Trainings:
         self.on_step(self.finished, max(self.total, self.finished), labels)
 
 
-def _steps(config: SearchConfig, trials: pd.DataFrame, trainings: _Trainings) -> Results:
+def _steps(config: SearchConfig, records: list[TrialRecord], trainings: _Trainings) -> Results:
     """Steps 2-5 after the search: plan, look up, train what is missing."""
-    best = best_within_budget(trials, config.budget_macs)
+    trials = to_frame(records)
+    best = best_within_budget(records, config.budget_macs)
     if best is None:
         return Results(trials, None, [], CMT_COEFFICIENTS, [], [], [])
-    s = ArchSpec.from_json(best.arch)
+    s = best.arch
     searched = _search_training(best, config)
     trainings.done.setdefault(searched.key, searched)
     scaling_jobs = _scaling_jobs(s, config)
@@ -317,13 +306,13 @@ def run(
     """Run (or resume) every step of ``config``'s run; with ``report_only`` run nothing and
     return what the run folder holds."""
     if report_only:
-        trials = storage.trial_table(config.out)
-        return _steps(config, trials, _Trainings(config, TrainingLog(config.out), False, _quiet))
+        records = storage.records(config.out)
+        return _steps(config, records, _Trainings(config, TrainingLog(config.out), False, _quiet))
     with folder_lock(config.out):
-        backends.run_trials_locked(config, on_trial)
-        trials = storage.trial_table(config.out)
+        lifecycle.run_trials_locked(config, on_trial)
+        records = storage.records(config.out)
         trainings = _Trainings(config, TrainingLog(config.out), True, on_step or _quiet)
-        return _steps(config, trials, trainings)
+        return _steps(config, records, trainings)
 
 
 def _quiet(done: int, total: int, running: list[str]) -> None:

@@ -9,8 +9,8 @@ eighth of the side; horizontal flips for natural images) with a generator on the
 training batch has the same size (an epoch's last, partial batch is dropped). Training uses
 AdamW, a linear warm-up and cosine decay, and label smoothing; validation top-1 is measured
 after every epoch.
-Model and images are channels_last and AdamW is the fused kernel on every device (both faster
-than the defaults on the CPU too; README). The same code runs on CUDA with mixed precision
+Model and images are channels_last and AdamW is the fused kernel on every device
+(``docs/proxy.md``, "The trainer"). The same code runs on CUDA with mixed precision
 (bfloat16 where supported, else float16 with loss scaling); on the CPU it is deterministic for
 a seed.
 
@@ -67,7 +67,8 @@ RETRY_LR = 0.25  # the retry's learning rate over the recipe's
 @dataclasses.dataclass(frozen=True)
 class ProxySettings:
     """The proxy's recipe. The defaults (one epoch at 24 px) keep the default run within 15
-    minutes on a 2-core CPU; two epochs at 32 px rank better (``benchmarks/fidelity.py``, README).
+    minutes on a 2-core CPU; two epochs at 32 px rank better (``benchmarks/fidelity.py``,
+    ``docs/proxy.md``).
     ``resolution`` is the proxy input side of the searched architecture; every other model's
     follows ``SearchConfig.proxy_for``."""
 

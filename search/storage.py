@@ -24,6 +24,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from search.records import TrialRecord, best_accuracy, to_frame
+from space.genotype import ArchSpec
 
 __all__ = [
     "ATTRS",
@@ -183,7 +184,7 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         number=trial.number,
         state=trial.state.name,
         backend=attrs.get("backend", "optuna"),
-        arch=attrs.get("arch", ""),
+        arch=ArchSpec.from_json(attrs["arch"]) if attrs.get("arch") else None,
         blocks=attrs.get("blocks", ""),
         params=attrs.get("params"),
         macs=attrs.get("macs"),
