@@ -308,6 +308,7 @@ def run(
     if report_only:
         records = storage.records(config.out)
         return _steps(config, records, _Trainings(config, TrainingLog(config.out), False, _quiet))
+    lifecycle.check(config)
     with folder_lock(config.out):
         lifecycle.run_trials_locked(config, on_trial)
         records = storage.records(config.out)
