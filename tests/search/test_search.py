@@ -265,14 +265,14 @@ def test_ray_search_runs_two_trials_at_once(tmp_path: Path) -> None:
 # a child process with the kernels capped at AVX2: the same arithmetic on any x86-64 machine.
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 RECORDED_SEARCH = """
-import sys
+import json, sys
 from search.lifecycle import run_trials
 from search.storage import trial_table
 from tests.conftest import tiny
 config = tiny(trials=3, seed=0, out=sys.argv[1])
 run_trials(config)
-table = trial_table(config.out)
-print(table.to_json(orient="records"))
+table = trial_table(config.out).astype(object)
+print(json.dumps(table.where(table.notna(), None).to_dict(orient="records"), default=str))
 """
 
 
