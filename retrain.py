@@ -27,9 +27,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from common.cli import Parser, UsageError, add_option, check_writable, exit_status
+from common.datasets import NAMES as DATASET_NAMES
 from retraining.recipe import Recipe
-from search.config import Parser, UsageError, add_option, check_writable, exit_status
-from search.data import NAMES as DATASET_NAMES
 from space.genotype import MIN_RESOLUTION
 
 
@@ -91,10 +91,10 @@ def _formats(text: str) -> tuple[str, ...]:
 def prepare(args: argparse.Namespace) -> tuple[Any, Any, Any, tuple[str, ...]]:
     """The settings, data, device and export formats, every option checked before the run
     folder is touched."""
+    from common import datasets
+    from common.device import resolve_device
     from retraining.models import load_arch
     from retraining.trainer import RetrainSettings
-    from search import data as datasets
-    from search.proxy import resolve_device
 
     try:
         if args.workers < 0:
@@ -149,10 +149,10 @@ def summarise(
     import torch
 
     from blocks import build_model
-    from retraining.data import loader
+    from common.device import amp_dtype
     from retraining.export import export, images_per_second
+    from retraining.inputs import loader
     from retraining.trainer import checkpoint_model
-    from search.proxy import amp_dtype
     from space.cost import count, count_model
 
     best, weights = checkpoint_model(out / "best.pt")
@@ -191,9 +191,9 @@ def summarise(
     }
 
 
-def run(args: argparse.Namespace) -> dict:
-    from retraining.trainer import train
-    from search.storage import folder_lock
+def retrain_and_export(args: argparse.Namespace) -> dict:
+    from common.lock import folder_lock
+    from retraining.trainer import retrain
 
     settings, data, device, formats = prepare(args)
     out = Path(args.out)
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
                     flush=True,
                 )
 
-        history = train(
+        history = retrain(
             settings,
             data,
             out,
@@ -246,13 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as error:
         print(f"retrain.py: error: retraining needs timm ({error}); see README", file=sys.stderr)
         return 2
+    from common.lock import FolderBusy
     from retraining.export import ExportCheckFailed
     from retraining.trainer import Diverged
-    from search.storage import FolderBusy
 
     return exit_status(
         "retrain.py",
-        lambda: run(build_parser().parse_args(argv)),
+        lambda: retrain_and_export(build_parser().parse_args(argv)),
         usage=(FolderBusy,),
         failures=(Diverged, ExportCheckFailed),
     )

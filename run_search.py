@@ -21,15 +21,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from search.config import (
-    Parser,
-    SearchConfig,
-    UsageError,
-    add_options,
-    check_writable,
-    exit_status,
-    from_options,
-)
+from common.cli import Parser, UsageError, check_writable, exit_status
+from search.config import SearchConfig, add_options, from_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +51,9 @@ def check_folder(config: SearchConfig) -> None:
 
 def prepare(args: argparse.Namespace) -> SearchConfig:
     """The run's configuration, every option checked before the run folder is touched."""
-    from search import data as datasets
+    from common import datasets
+    from common.device import resolve_device
     from search.backends import check_versions
-    from search.proxy import resolve_device
     from space.sampling import check_budget
 
     try:
@@ -119,7 +112,7 @@ class Progress:
         self.bar = None
 
 
-def run(args: argparse.Namespace) -> None:
+def search_and_report(args: argparse.Namespace) -> None:
     import optuna
 
     from reports.report import write_reports
@@ -163,11 +156,12 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.storage import FolderBusy, RepeatedFailure
+    from common.lock import FolderBusy
+    from search.storage import RepeatedFailure
 
     return exit_status(
         "run_search.py",
-        lambda: run(build_parser().parse_args(argv)),
+        lambda: search_and_report(build_parser().parse_args(argv)),
         usage=(FolderBusy,),
         failures=(RepeatedFailure,),
     )

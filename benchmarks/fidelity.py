@@ -17,9 +17,9 @@ Every training is appended to ``benchmarks/results/fidelity-<data>.jsonl`` as it
 architecture, whole recipe and seed, and reused when the command runs again, so an interrupted
 run resumes and proxies share their references. Rows written before recipes were recorded are
 read as the recipe of their time (warm-up over 10% of the steps, the rest as today). After a
-change to the trainer's arithmetic, delete the rows it makes stale (the README says which rows
-were made by which trainer). ``--workers N`` trains the missing ones N at a time with one thread
-each, in the order reference seed 0, proxy seeds, reference seed 1, writing each as it ends.
+change to the trainer's arithmetic, delete the rows it makes stale (``docs/proxy.md`` says which
+rows were made by which trainer). ``--workers N`` trains the missing ones N at a time with one
+thread each, in the order reference seed 0, proxy seeds, reference seed 1, writing each as it ends.
 ``--device cuda`` trains on the GPU, one training at a time; every row records its device.
 """
 
@@ -37,8 +37,9 @@ from typing import Any
 import optuna
 from scipy.stats import kendalltau
 
-from search import data as datasets
-from search.proxy import DEFAULTS, ProxyResult, ProxySettings, resolve_device, train
+from common import datasets
+from common.device import resolve_device
+from search.proxy import DEFAULTS, ProxyResult, ProxySettings, train
 from space.cost import estimate, parse_budget
 from space.genotype import ArchSpec
 from space.sampling import sample

@@ -4,7 +4,7 @@
     python benchmarks/geometry.py 24 64 224       # chosen inputs
 
 Each cell is distinct/choices: how many of a dimension's choices still give different
-computations at that input (``search.geometry``). A dimension with one distinct choice cannot
+computations at that input (``space.geometry``). A dimension with one distinct choice cannot
 move the proxy's accuracy; more than one is necessary, not sufficient (the sensitivity study
 measures the rest). Training cost grows with the input's area, given relative to 24 px.
 Writes ``benchmarks/results/geometry.md``.
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from blocks.layers import stage_size  # noqa: E402
-from search.geometry import visible_choices  # noqa: E402
+from space.geometry import visible_choices  # noqa: E402
 
 INPUTS = (24, 32, 48, 64, 96, 128, 224)
 

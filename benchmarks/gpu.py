@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from search import data as datasets  # noqa: E402
-from search.proxy import DEFAULTS, ProxySettings, resolve_device, train  # noqa: E402
+from common import datasets  # noqa: E402
+from common.device import resolve_device  # noqa: E402
+from search.proxy import DEFAULTS, ProxySettings, train  # noqa: E402
 from space.cost import estimate, parse_budget  # noqa: E402
 from space.genotype import ArchSpec  # noqa: E402
 from space.sampling import sample  # noqa: E402

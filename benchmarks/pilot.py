@@ -21,7 +21,7 @@ import statistics
 import optuna
 from fidelity import REFERENCE_WARMUP, Log, results_path, sampled
 
-from search import data as datasets
+from common import datasets
 from search.proxy import COLLAPSED, DEFAULTS
 from space.cost import parse_budget
 

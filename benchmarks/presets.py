@@ -4,7 +4,7 @@ and forward+backward images per second with fused and with explicit attention.
     python benchmarks/presets.py                 # every preset, batch 8, on the CPU
     python benchmarks/presets.py --presets cmt_s --device cuda --batch 64
 
-Prints a Markdown table (the one in README.md). ptflops is shown as a second opinion: its
+Prints a Markdown table (the one in docs/benchmarks.md). ptflops is shown as a second opinion: its
 default backend counts module hooks and misses matrix products written as ``@`` and the fused
 attention kernel; its aten backend counts bmm/mm but not fused kernels that do not decompose.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 from blocks import cmt  # noqa: F401
 
 # isort: split
-from blocks import aewin, cot, dualvit  # noqa: F401
+from blocks import aewin, cot, dualvit, heads  # noqa: F401
 from blocks.attention import (
     attend,
     explicit_attention,

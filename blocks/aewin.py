@@ -46,22 +46,22 @@ from blocks.layers import (
 )
 from blocks.registry import (
     BLOCKS,
-    HEADS,
     STEMS,
     BlockOptions,
+    MapChoice,
     SharedChoices,
     Stage,
     StageLike,
     StagePlan,
     TrialLike,
 )
+from common.fields import check_integer
 
 __all__ = [
     "AEWinBlock",
     "AEWinOptions",
     "AEWinStage",
     "AxialWindowAttention",
-    "NormHead",
     "PatchStem",
 ]
 
@@ -96,10 +96,8 @@ class AEWinOptions(BlockOptions):
             )
         if abs(sum(split) - 1.0) > 1e-6:
             raise ValueError(f"split ratios must sum to 1, got {split} (sum {sum(split):g})")
-        for name in ("window", "stripe"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_integer("window", self.window)
+        check_integer("stripe", self.stripe)
 
     def groups(self, width: int, heads: int) -> list[HeadGroup]:
         """The non-empty head groups of a ``width``-channel, ``heads``-head layer."""
@@ -401,30 +399,22 @@ class AEWinStage(Stage):
         """Stripes only, at the widest stripe: each token attends to the most keys."""
         return AEWinOptions(cls.SPLITS["1/2,1/2,0"], cls.WINDOW, max(cls.STRIPES))
 
+    @classmethod
+    def map_choices(cls, stage: int, side: int) -> list[MapChoice]:
+        """The stripe width (min(stripe, side) rows: a stripe as wide as the map is all of it)
+        and the head split (whether stripes of the narrowest width and the window stay local:
+        on a map no wider than them every head type attends to the whole map)."""
+        stripes = tuple(f"{min(s, side)}-row stripes" for s in cls.STRIPES)
+        kinds = ("horizontal", "vertical", "window")
+        local = (side > min(cls.STRIPES), side > min(cls.STRIPES), side > cls.WINDOW)
+        split = tuple(
+            kind if is_local else "global attention"
+            for kind, is_local in zip(kinds, local, strict=True)
+        )
+        return [
+            MapChoice("AEWin stripe", cls.STRIPES, stripes),
+            MapChoice("AEWin head split", kinds, split),
+        ]
+
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(self.transition(x)), None
-
-
-@HEADS.register("norm")
-class NormHead(nn.Module):
-    """LayerNorm -> global average pool -> dropout -> linear (Swin, CSWin)."""
-
-    has_width = False
-
-    def __init__(
-        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(last.width)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(last.width, num_classes)
-
-    @staticmethod
-    def cost(
-        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
-    ) -> Cost:
-        return norm(last.width) + linear(last.width, num_classes, 1)
-
-    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
-        x = self.norm(x.permute(0, 2, 3, 1)).mean(dim=(1, 2))
-        return self.fc(self.dropout(x))

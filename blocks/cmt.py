@@ -13,7 +13,8 @@ Follows the official code (huawei-noah/Efficient-AI-Backbones, cmt_pytorch/cmt.p
   genotype's resolution; at another input size it is resized bicubically over the query grid and
   the key grid, so one model runs at any size;
 - IRFFN: 1x1 conv (expand R) -> GELU -> BN, h = DWConv3x3(h) + h -> GELU -> BN, 1x1 conv -> BN;
-- head: 1x1 conv to 1280 -> BN -> Swish -> global average pool -> dropout -> linear.
+- head (``blocks.heads.ConvHead``): 1x1 conv to 1280 -> BN -> Swish -> global average pool ->
+  dropout -> linear.
 
 The paper's complexity of one block with R = 4 is 10nd^2(1 + 0.2/k^2) + 2n^2d/k^2 + 45nd MACs.
 """
@@ -41,17 +42,17 @@ from blocks.layers import (
 )
 from blocks.registry import (
     BLOCKS,
-    HEADS,
     STEMS,
     BlockOptions,
+    MapChoice,
     SharedChoices,
     Stage,
-    StageLike,
     StagePlan,
     TrialLike,
 )
+from common.fields import check_integer
 
-__all__ = ["CMTBlock", "CMTOptions", "CMTStage", "CMTStem", "ConvHead"]
+__all__ = ["CMTBlock", "CMTOptions", "CMTStage", "CMTStem"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +62,7 @@ class CMTOptions(BlockOptions):
     kv_reduction: int = 1
 
     def __post_init__(self) -> None:
-        k = self.kv_reduction
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"kv_reduction must be an integer >= 1, got {self.kv_reduction!r}")
+        check_integer("kv_reduction", self.kv_reduction)
 
 
 @STEMS.register("cmt")
@@ -257,6 +256,13 @@ class CMTStage(Stage):
     def costliest_options(cls, stage: int) -> CMTOptions:
         return CMTOptions(min(cls.KV_REDUCTIONS[stage]))
 
+    @classmethod
+    def map_choices(cls, stage: int, side: int) -> list[MapChoice]:
+        """k: the key grid ceil(side / k) of each choice."""
+        ks = cls.KV_REDUCTIONS[stage]
+        keys = tuple(f"{math.ceil(side / k)}x{math.ceil(side / k)} keys" for k in ks)
+        return [MapChoice("CMT k", ks, keys)]
+
     def bias_for(self, height: int, width: int) -> Tensor:
         """The stage's bias table for an (height, width) map, resized if the size differs."""
         grid_key = self.blocks[0].attn.kv_grid(height, width)
@@ -271,31 +277,3 @@ class CMTStage(Stage):
         for block in self.blocks:
             x = block(x, bias)
         return x, None
-
-
-@HEADS.register("conv")
-class ConvHead(nn.Module):
-    """1x1 conv to ``width`` -> BN -> Swish -> global average pool -> dropout -> linear (CMT)."""
-
-    has_width = True
-
-    def __init__(
-        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(last.width, width, 1)
-        self.norm = nn.BatchNorm2d(width)
-        self.act = nn.SiLU()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(width, num_classes)
-
-    @staticmethod
-    def cost(
-        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
-    ) -> Cost:
-        expand = conv(last.width, width, 1, feature_size * feature_size) + norm(width)
-        return expand + linear(width, num_classes, 1)
-
-    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
-        x = self.act(self.norm(self.conv(x)))
-        return self.fc(self.dropout(x.mean(dim=(2, 3))))

@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocks.formulas import Cost, conv, linear, norm
+from blocks.formulas import Cost, conv, norm
 from blocks.layers import DropPath
 from blocks.registry import (
     BLOCKS,
-    HEADS,
     STEMS,
     BlockOptions,
     SharedChoices,
@@ -44,8 +43,9 @@ from blocks.registry import (
     StagePlan,
     TrialLike,
 )
+from common.fields import check_integer
 
-__all__ = ["CoTBottleneck", "CoTLayer", "CoTOptions", "CoTStage", "PoolHead", "ResNetStem"]
+__all__ = ["CoTBottleneck", "CoTLayer", "CoTOptions", "CoTStage", "ResNetStem"]
 
 SHARE_PLANES = 8  # channels sharing one aggregation weight
 KEY_GROUPS = 4  # groups of the static-context conv
@@ -60,9 +60,9 @@ class CoTOptions(BlockOptions):
 
     def __post_init__(self) -> None:
         # k = 1 would be no context at all (and GroupNorm over one value per group).
-        kernel = self.kernel
-        if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 3 or kernel % 2 == 0:
-            raise ValueError(f"kernel must be an odd integer >= 3, got {kernel!r}")
+        check_integer("kernel", self.kernel, 3)
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd, got {self.kernel!r}")
 
     def check(self, stage: StageLike) -> None:
         if stage.heads != 1:
@@ -274,26 +274,3 @@ class CoTStage(Stage):
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         return self.blocks(x), None
-
-
-@HEADS.register("pool")
-class PoolHead(nn.Module):
-    """Global average pool -> dropout -> linear (ResNet)."""
-
-    has_width = False
-
-    def __init__(
-        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(last.width, num_classes)
-
-    @staticmethod
-    def cost(
-        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
-    ) -> Cost:
-        return linear(last.width, num_classes, 1)
-
-    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
-        return self.fc(self.dropout(x.mean(dim=(2, 3))))

@@ -26,8 +26,8 @@ tokens x of the feature map and m semantic tokens z of the same width.
   is not built.
 
 ``dualvit_s`` is the official model: its weights load by a name map and give the same logits
-(README). One difference remains, invisible at 224px: the official pooling is a 7x7 window with
-stride 7 (floor), ours is adaptive to round(side / pool).
+(``docs/macs.md``). One difference remains, invisible at 224px: the official pooling is a 7x7
+window with stride 7 (floor), ours is adaptive to round(side / pool).
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ from blocks.registry import (
     HEADS,
     STEMS,
     BlockOptions,
+    MapChoice,
     SharedChoices,
     Stage,
     StageLike,
     StagePlan,
     TrialLike,
 )
+from common.fields import check_integer
 
 __all__ = [
     "ClassAttentionHead",
@@ -78,8 +80,7 @@ class DualOptions(BlockOptions):
     mode: str = "dual"
 
     def __post_init__(self) -> None:
-        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 1:
-            raise ValueError(f"pool must be an integer >= 1, got {self.pool!r}")
+        check_integer("pool", self.pool)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
@@ -362,6 +363,15 @@ class DualStage(Stage):
     def costliest_options(cls, stage: int) -> DualOptions:
         """The most tokens, and Merge blocks (attention over every pixel) where allowed."""
         return DualOptions(min(cls.POOLS), cls.MODES[stage][-1])
+
+    @classmethod
+    def map_choices(cls, stage: int, side: int) -> list[MapChoice]:
+        """The token pool, drawn once per network: the token grid ``token_grid(side, pool)`` of
+        a first Dual stage, reported at stage 1, where the space's Dual-led networks start."""
+        if stage != 0:
+            return []
+        grids = tuple(f"{token_grid(side, p)}x{token_grid(side, p)} tokens" for p in cls.POOLS)
+        return [MapChoice("Dual pool", cls.POOLS, grids)]
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.transition(x)

@@ -28,6 +28,7 @@ __all__ = [
     "STEMS",
     "ArchLike",
     "BlockOptions",
+    "MapChoice",
     "Registry",
     "SharedChoices",
     "Stage",
@@ -144,6 +145,15 @@ class StagePlan(NamedTuple):
     last: bool = False
 
 
+class MapChoice(NamedTuple):
+    """A searched dimension whose computation depends on the stage's map side: its choices and
+    what each becomes on the map at hand (equal ``effective`` entries compute the same)."""
+
+    dimension: str
+    choices: tuple
+    effective: tuple
+
+
 class StageChoice(NamedTuple):
     """A stage's drawn heads, MLP (or expansion) ratio and block options."""
 
@@ -181,7 +191,8 @@ class Stage(nn.Module):
     its choices with the fewest and the most MACs (the space's floor and ceiling). By default
     heads and ratio come from ``shared`` and the options from ``draw_options``,
     ``cheapest_options`` and ``costliest_options``. ``searchable = False`` keeps a block type
-    out of the search space.
+    out of the search space. ``map_choices(stage, side)`` lists the searched dimensions whose
+    computation depends on the map side (``space.geometry``'s blind-spot report reads it).
     """
 
     options_type: ClassVar[type[BlockOptions]]
@@ -230,6 +241,12 @@ class Stage(nn.Module):
     def costliest_options(cls, stage: int) -> BlockOptions:
         """The block's options with the most MACs (default: the options' defaults)."""
         return cls.options_type()
+
+    @classmethod
+    def map_choices(cls, stage: int, side: int) -> list[MapChoice]:
+        """The stage's searched dimensions whose effect depends on its map, and what each choice
+        becomes on a ``side`` x ``side`` map in stage ``stage`` (default: none)."""
+        return []
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError

@@ -28,9 +28,10 @@ from reports.tables import (
     tradeoff_data,
 )
 from search.config import SearchConfig
-from search.geometry import blind_spots
 from search.pipeline import CMT_COEFFICIENTS, SCALING_PHI, Results
+from search.records import TrialRecord
 from space.genotype import ArchSpec
+from space.geometry import blind_spots
 
 __all__ = ["FILES", "render", "write_reports"]
 
@@ -167,15 +168,15 @@ def _title(config: SearchConfig, results: Results) -> list[str]:
         *lines,
         f"{len(trials)} trials ({_counts(trials)}) searched hybrid backbones (CMT, AEWin, CoT, "
         f"Dual-ViT blocks) under {_gmacs(budget)} GMACs at {config.resolution}px. The best "
-        f"within the budget, S, is trial {int(best.number)}, `{best.blocks}`: "
+        f"within the budget, S, is trial {best.number}, `{best.blocks}`: "
         f"{best.accuracy:.1%} proxy top-1 at {_gmacs(best.macs)} GMACs "
         f"({best.macs / budget:.0%} of the budget), {best.params / 1e6:.2f}M parameters.",
         "",
     ]
 
 
-def _best_section(best: pd.Series) -> list[str]:
-    arch = ArchSpec.from_json(best.arch)
+def _best_section(best: TrialRecord) -> list[str]:
+    arch = best.arch
     return [
         "## S, the best architecture within the budget",
         "",
@@ -324,7 +325,7 @@ def _method_section(config: SearchConfig) -> list[str]:
 
 
 def _blind_spot_lines(resolution: int) -> list[str]:
-    """What the proxy input cannot tell apart (``search.geometry``): the searched choices that
+    """What the proxy input cannot tell apart (``space.geometry``): the searched choices that
     give the same model at it, and so were chosen by MACs and by chance."""
     spots = blind_spots(resolution)
     if not spots:
@@ -362,8 +363,7 @@ def write_reports(out: str | Path, config: SearchConfig, results: Results) -> No
     pareto = plots.plot_pareto(pareto_data(results.trials, config.budget_macs))
     plots.save(pareto, str(out / "pareto.png"))
     if results.best is not None:
-        best = ArchSpec.from_json(results.best.arch)
-        (out / "best_arch.json").write_text(best.to_json(indent=2) + "\n")
+        (out / "best_arch.json").write_text(results.best.arch.to_json(indent=2) + "\n")
         (out / "family").mkdir(exist_ok=True)
         for row in results.family:
             (out / "family" / f"{row.job.label}.json").write_text(row.job.arch.to_json(2) + "\n")

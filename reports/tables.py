@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from search.pipeline import SCALING_PHI, Results, Row, best_within_budget
+from search.pipeline import SCALING_PHI, Results, Row
 from space import presets
 from space.cost import estimate
 from space.genotype import ArchSpec
@@ -22,7 +22,6 @@ __all__ = [
     "Noise",
     "ParetoData",
     "baselines_table",
-    "best_within_budget",
     "comparison",
     "family_table",
     "noise",

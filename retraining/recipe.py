@@ -2,7 +2,7 @@
 300 epochs), with the rules that scale it to other data.
 
 Every field carries its command-line help, so ``retrain.py`` builds its options from this
-dataclass (``search.config.add_option``) and ``--help`` shows the recipe with its defaults.
+dataclass (``common.cli.add_option``) and ``--help`` shows the recipe with its defaults.
 Scaling rules: the learning rate is given for 512 images a batch and scaled linearly with the
 batch (DeiT); a batch never exceeds the training set and is even (Mixup pairs images); the
 warm-up lasts at most a tenth of the run; the EMA's decay is warmed up (``timm.utils.ModelEmaV3``),
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from search.config import setting
-from space.fields import check_values
+from common.cli import setting
+from common.fields import check_values
 
 __all__ = ["LR_BATCH", "Recipe"]
 

@@ -5,10 +5,10 @@ After every epoch the folder gets ``best.pt`` (when the epoch is the best so far
 metrics so far), then ``metrics.csv`` rewritten from the metrics in ``last.pt``; each file is
 written whole and renamed into place. A rerun loads ``last.pt`` and starts at the next epoch;
 because every epoch's batches and augmentations follow from the seed and the epoch alone
-(``retraining.data.seed_epoch``), a run killed and resumed ends with the weights and metrics of
+(``retraining.inputs.seed_epoch``), a run killed and resumed ends with the weights and metrics of
 one that never stopped (on the CPU, where the kernels are deterministic, and with the same
 number of data-loading workers, each of which draws its own augmentations). The device rules are
-the search's: ``search.proxy.resolve_device``, channels_last, bfloat16 autocast on CUDA where
+the search's: ``common.device.resolve_device``, channels_last, bfloat16 autocast on CUDA where
 supported (float16 with loss scaling elsewhere). Checkpoints hold tensors and plain values only
 and are read with ``torch.load(weights_only=True)``.
 """
@@ -29,14 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from blocks import build_model
-from retraining import data as pipeline
+from common.datasets import ImageData
+from common.device import amp_dtype
+from common.fields import field_names, reject_unknown
+from retraining import inputs
 from retraining.recipe import Recipe
-from search.data import ImageData
-from search.proxy import amp_dtype
-from space.fields import field_names, reject_unknown
 from space.genotype import ArchSpec
 
-__all__ = ["Diverged", "RetrainSettings", "checkpoint_model", "evaluate", "train"]
+__all__ = ["Diverged", "RetrainSettings", "checkpoint_model", "evaluate", "retrain"]
 
 METRICS = (
     "epoch",
@@ -149,7 +149,7 @@ def _setup(
         t_in_epochs=False,
     )
     ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True) if recipe.ema_decay else None
-    mixup = pipeline.mixup(recipe, num_classes)
+    mixup = inputs.mixup(recipe, num_classes)
     criterion = (
         SoftTargetCrossEntropy()
         if mixup is not None
@@ -281,7 +281,7 @@ def _progress(total: int, epoch: int, epochs: int, show: bool | None) -> Any:
     return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False)
 
 
-def train(
+def retrain(
     settings: RetrainSettings,
     data: ImageData,
     out: Path,
@@ -308,13 +308,13 @@ def train(
     if on_start is not None:
         on_start(start)
     pin, resolution = device.type == "cuda", settings.resolution
-    val = pipeline.loader(
+    val = inputs.loader(
         data.val, recipe, resolution, train=False, batch=256, workers=workers, pin_memory=pin
     )
     board = _tensorboard(out) if start < recipe.epochs else None
     for epoch in range(start, recipe.epochs):
-        order = pipeline.seed_epoch(settings.seed, epoch)
-        batches = pipeline.loader(
+        order = inputs.seed_epoch(settings.seed, epoch)
+        batches = inputs.loader(
             data.train, recipe, resolution, train=True, batch=batch, workers=workers,
             generator=order, pin_memory=pin,
         )  # fmt: skip

@@ -1,7 +1,8 @@
 """The search backends, by name. A backend only runs trials; the run folder's study
-(``search.storage``) holds them, so every backend's trials read back the same way.
+(``search.storage``) holds them, so every backend's trials read back the same way, and the study's
+lifecycle around a backend is ``search.lifecycle``'s, the same for every backend.
 
-Backends import lazily (Ray is heavy): the table names where each one lives.
+Backends import lazily (Ray is heavy): the one table of backends names where each one lives.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 import importlib
 import re
 from importlib import metadata
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from search.config import BACKENDS, SearchConfig
 from search.records import OnTrial
 
-__all__ = ["NEEDS", "Backend", "check_versions", "get"]
+if TYPE_CHECKING:
+    from search.config import SearchConfig
 
+__all__ = ["BACKENDS", "NEEDS", "Backend", "check_versions", "get"]
+
+# The one table of backends: name -> where it lives.
 _WHERE = {"optuna": "search.optuna_backend:OptunaBackend", "ray": "search.ray_backend:RayBackend"}
-assert tuple(_WHERE) == BACKENDS
+BACKENDS = tuple(_WHERE)
 # The oldest versions whose API the backends use: Optuna's Trial.set_constraint (5.0; every
 # backend keeps its trials in an Optuna study), and ray.tune.RunConfig, FailureConfig and
 # ray.tune.report(metrics) (2.41). pyproject.toml asks for the same floors.
@@ -25,14 +29,14 @@ NEEDS = {"optuna": {"optuna": "5.0"}, "ray": {"optuna": "5.0", "ray": "2.41"}}
 
 
 class Backend(Protocol):
-    """A search driver. ``run(config, on_trial)`` runs (or continues) the search in
-    ``config.out`` until ``config.trials`` slots are used, calling ``on_trial(finished,
-    best_accuracy)`` as trials end; afterwards (or any time) ``search.storage.records`` reads
-    the trials back."""
+    """A search driver. ``run_trials(config, first, on_trial)`` runs trials into the open study
+    of ``config.out`` until ``config.trials`` slots are used or the same failure repeats among
+    the trials numbered ``first`` or later, calling ``on_trial(finished, best_accuracy)`` as
+    trials end. ``search.lifecycle.run_trials`` calls it with the folder locked and recovered."""
 
     name: str
 
-    def run(self, config: SearchConfig, on_trial: OnTrial | None = None) -> None: ...
+    def run_trials(self, config: SearchConfig, first: int, on_trial: OnTrial | None) -> None: ...
 
 
 def _release(text: str) -> tuple[int, ...]:
@@ -59,9 +63,9 @@ def check_versions(name: str) -> None:
 
 
 def get(name: str) -> Backend:
-    """The backend called ``name``; an unknown name lists the known ones."""
+    """The backend called ``name``; an unknown name lists the known ones. (``run_search.py``
+    checks the installed versions, ``check_versions``, before the run folder is touched.)"""
     if name not in _WHERE:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(_WHERE)}")
-    check_versions(name)
     module, _, cls = _WHERE[name].partition(":")
     return getattr(importlib.import_module(module), cls)()

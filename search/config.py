@@ -13,96 +13,21 @@ import argparse
 import dataclasses
 import json
 import re
-import sys
-import tempfile
 import typing
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from search.data import NAMES as DATASET_NAMES
+from common.cli import add_option, setting
+from common.datasets import NAMES as DATASET_NAMES
+from common.fields import check_integer, field_names, reject_unknown
+from search.backends import BACKENDS
 from search.proxy import MIN_PROXY_RESOLUTION, ProxySettings
 from space.cost import parse_budget
-from space.fields import field_names, reject_unknown
 from space.genotype import MIN_RESOLUTION
 
-__all__ = [
-    "BACKENDS",
-    "SAMPLERS",
-    "SCALING",
-    "Parser",
-    "SearchConfig",
-    "UsageError",
-    "add_option",
-    "add_options",
-    "exit_status",
-    "from_options",
-    "setting",
-]
+__all__ = ["SAMPLERS", "SCALING", "SearchConfig", "add_options", "from_options"]
 
-BACKENDS = ("optuna", "ray")
 SAMPLERS = ("nsga2", "tpe")
 SCALING = ("search", "cmt")
-
-
-class UsageError(Exception):
-    """A problem with a command line or its run folder: one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one ``UsageError`` line instead of usage + message."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(f"{message} (see --help)")
-
-
-def check_writable(out: Path) -> None:
-    """``out`` exists as a folder we can write in, or can be made: else a ``UsageError``."""
-    probe_at = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not probe_at.is_dir():
-        raise UsageError(
-            f"the output folder {out} cannot be made: {probe_at} is a file; choose another --out"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=probe_at):
-            pass
-    except OSError as error:
-        raise UsageError(
-            f"cannot write to the output folder {out} ({error.strerror}); choose another --out"
-        ) from None
-
-
-def exit_status(
-    prog: str,
-    work: Callable[[], object],
-    *,
-    usage: tuple[type[Exception], ...] = (),
-    failures: tuple[type[Exception], ...] = (),
-) -> int:
-    """Run a command line's ``work`` and return its exit status: 0 when it ends; 2 with one
-    ``prog: error:`` line for a ``UsageError`` or one of ``usage``; 1 with one line for one of
-    ``failures``; 130 on Ctrl-C, saying that rerunning resumes."""
-    try:
-        work()
-    except (UsageError, *usage) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    except failures as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
-
-
-def setting(
-    default: Any, help: str, *, flag: str | None = None, defines_search: bool = False, **extra: Any
-) -> Any:
-    """A field with its command-line ``help`` (``%(default)s`` allowed) and ``flag``
-    (default: ``--`` and the name with dashes)."""
-    metadata = {"help": help, "flag": flag, "defines_search": defines_search, **extra}
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,17 +113,13 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)
-        for name, low in (("trials", 1), ("resolution", MIN_RESOLUTION)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_integer("trials", self.trials)
+        check_integer("resolution", self.resolution, MIN_RESOLUTION)
         if not isinstance(self.proxy, ProxySettings):
             raise ValueError(f"proxy must be ProxySettings, got {type(self.proxy).__name__}")
         if self.scaling not in SCALING:
             raise ValueError(f"scaling must be one of {', '.join(SCALING)}, got {self.scaling!r}")
-        value = self.scaling_candidates
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"scaling_candidates must be an integer >= 1, got {value!r}")
+        check_integer("scaling_candidates", self.scaling_candidates)
         self._check_baselines()
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
@@ -210,12 +131,8 @@ class SearchConfig:
             raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        value = self.parallel
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"parallel must be an integer >= 0, got {value!r}")
-        value = self.max_repeated_failures
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_repeated_failures must be an integer >= 1, got {value!r}")
+        check_integer("parallel", self.parallel, 0)
+        check_integer("max_repeated_failures", self.max_repeated_failures)
 
     def _check_baselines(self) -> None:
         from space import presets  # the presets' names, checked here so a typo fails at once
@@ -338,29 +255,6 @@ def add_options(parser: argparse.ArgumentParser) -> None:
             meta["help"],
             choices=meta.get("choices"),
         )
-
-
-def add_option(
-    parser: argparse.ArgumentParser,
-    name: str,
-    hint: Any,
-    default: Any,
-    help: str,
-    choices: tuple[str, ...] | None = None,
-) -> None:
-    """The option ``--name-with-dashes`` for a dataclass field of type ``hint``: a flag pair
-    for a bool (``--no-NAME`` when it defaults to true), else a typed value."""
-    flag = "--" + name.replace("_", "-")
-    if hint is bool:
-        if default:
-            parser.add_argument(
-                f"--no-{name.replace('_', '-')}", dest=name, action="store_false", help=help
-            )
-        else:
-            parser.add_argument(flag, dest=name, action="store_true", help=help)
-        return
-    kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-    parser.add_argument(flag, dest=name, type=kind, default=default, choices=choices, help=help)
 
 
 def from_options(args: argparse.Namespace) -> SearchConfig:

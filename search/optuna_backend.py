@@ -18,13 +18,12 @@ from pathlib import Path
 import filelock
 import optuna
 
-from search import data as datasets
+from common import datasets
+from common.device import resolve_device
 from search import storage, trial, workers
 from search.config import SearchConfig
-from search.proxy import resolve_device
 from search.pruning import DominancePruner, Finished
 from search.records import OnTrial
-from space.sampling import check_budget
 
 __all__ = ["OptunaBackend"]
 
@@ -55,7 +54,7 @@ def _run_one(
     try:
         arch = trial.define(asked, config)
         report = _pruner_report(study, pruner, asked.user_attrs["macs"], config.proxy.epochs)
-        outcome = trial.train(asked, arch, study, config, data, report)
+        outcome = trial.evaluate(asked, arch, study, config, data, report)
     except Exception as error:  # a trial that cannot even be defined is recorded, not fatal
         outcome = trial.Outcome(
             optuna.trial.TrialState.FAIL, reason=f"{type(error).__name__}: {error}"
@@ -108,25 +107,13 @@ class OptunaBackend:
 
     name: str = "optuna"
 
-    def run(self, config: SearchConfig, on_trial: OnTrial | None = None) -> None:
-        datasets.load(config.data)
-        check_budget(config.budget_macs, config.resolution)
-        with storage.folder_lock(Path(config.out)):
-            journal = storage.journal(config.out)
-            # A fresh run repeats exactly; a resumed one does not draw its first trials again.
-            seed = config.seed + storage.trial_count(config.out)
-            study = storage.open_study(journal, optuna.samplers.RandomSampler())
-            first = len(study.trials)  # trials of this run (redone ones too) number from here
-            storage.recover_interrupted(study, journal)
-            if workers.search_workers(config) == 1:
-                _work(config, first, seed, on_trial=on_trial)
-            else:
-                _parallel(config, first, seed, on_trial)
-            if on_trial is not None:
-                on_trial(*storage.progress(storage.load_study(config.out)))
-            storage.check_failures(
-                storage.load_study(config.out), first, config.max_repeated_failures
-            )
+    def run_trials(self, config: SearchConfig, first: int, on_trial: OnTrial | None) -> None:
+        # A fresh run repeats exactly; a resumed one does not draw its first trials again.
+        seed = config.seed + first
+        if workers.search_workers(config) == 1:
+            _work(config, first, seed, on_trial=on_trial)
+        else:
+            _parallel(config, first, seed, on_trial)
 
 
 def _parallel(config: SearchConfig, first: int, seed: int, on_trial: OnTrial | None) -> None:

@@ -1,4 +1,4 @@
-"""A run as a pipeline (SPEC section 10), each step recorded in the run folder as it finishes.
+"""A run as a pipeline of steps, each step recorded in the run folder as it finishes.
 
 1. ``search``: the architecture search within the budget (the backend's trials, in
    ``study.journal``). S is the most accurate completed trial within the budget.
@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, NamedTuple
 
 import pandas as pd
 
-from search import backends, proxy, storage, workers
-from search import data as datasets
+from common import datasets
+from common.device import resolve_device
+from common.lock import folder_lock
+from search import lifecycle, proxy, storage, workers
 from search.config import SearchConfig
-from search.records import OnTrial, to_frame
+from search.records import OnTrial, TrialRecord, best_within_budget, to_frame
 from search.trainings import Training, TrainingLog, training_key
 from space import presets
 from space.cost import estimate
@@ -49,9 +50,9 @@ from space.scaling import (
     spread_candidates,
 )
 
-__all__ = ["SCALING_PHI", "Job", "Results", "best_within_budget", "run"]
+__all__ = ["SCALING_PHI", "Job", "Results", "run"]
 
-SCALING_PHI = -1.0  # where candidates are scored (README: measured cost, why not +1)
+SCALING_PHI = -1.0  # where candidates are scored (docs/results.md: measured cost, why not +1)
 CMT_COEFFICIENTS = (ALPHA, BETA, GAMMA)
 OnStep = Callable[[int, int, list[str]], None]
 """Progress of the trainings after the search: ``on_step(done, total, running)``, ``running``
@@ -89,21 +90,12 @@ class Results:
     budget, None without one), the rows of each training step, and the chosen coefficients."""
 
     trials: pd.DataFrame
-    best: pd.Series | None
+    best: TrialRecord | None
     scaling: list[Row]
     coefficients: tuple[float, float, float]
     family: list[Row]
     baselines: list[Row]
     noise: list[Row]
-
-
-def best_within_budget(trials: pd.DataFrame, budget_macs: int) -> pd.Series | None:
-    """The most accurate completed trial within the budget (fewer MACs, then earlier, on ties)."""
-    scored = trials[(trials.state == "COMPLETE") & trials.accuracy.notna() & trials.macs.notna()]
-    scored = scored[scored.macs <= budget_macs]
-    if scored.empty:
-        return None
-    return scored.sort_values(["accuracy", "macs", "number"], ascending=[False, True, True]).iloc[0]
 
 
 def _job(step: str, label: str, arch: ArchSpec, config: SearchConfig, **facts: Any) -> Job:
@@ -163,13 +155,11 @@ def _noise_jobs(s: ArchSpec, config: SearchConfig) -> list[Job]:
     ]
 
 
-def _search_training(best: pd.Series, config: SearchConfig) -> Training:
+def _search_training(best: TrialRecord, config: SearchConfig) -> Training:
     """S's search trial as a recorded training (the search trained it with the run's seed)."""
-    arch = ArchSpec.from_json(best.arch)
-    epochs = tuple(json.loads(best.epoch_accuracies))
-    result = proxy.ProxyResult(float(best.accuracy), epochs, float(best.train_seconds or 0), 0.0)
+    result = proxy.ProxyResult(best.accuracy, best.epoch_accuracies, best.train_seconds or 0, 0.0)
     return Training.of(
-        "search", f"trial {int(best.number)}", arch, config.proxy, config.data, config.seed, result
+        "search", f"trial {best.number}", best.arch, config.proxy, config.data, config.seed, result
     )
 
 
@@ -189,14 +179,15 @@ def _largest_first(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: -estimate(job.arch).macs)
 
 
-class _Trainer:
+class _Trainings:
     """Looks jobs up in the run folder's log and, when allowed, trains the missing ones,
     ``workers`` at a time, recording each as it ends."""
 
-    def __init__(self, config: SearchConfig, log: TrainingLog, train: bool, on_step: OnStep):
-        self.config, self.log, self.train, self.on_step = config, log, train, on_step
+    def __init__(self, config: SearchConfig, log: TrainingLog, may_train: bool, on_step: OnStep):
+        self.config, self.log, self.may_train = config, log, may_train
+        self.on_step = on_step
         self.done = log.load()
-        self.workers = workers.step_workers(config) if train else 1
+        self.workers = workers.step_workers(config) if may_train else 1
         self.finished, self.total = 0, 0
         self.running: dict[Any, Job] = {}
 
@@ -215,11 +206,13 @@ class _Trainer:
         unique = {self._key(job): job for job in jobs if self.known(job) is None}
         return list(unique.values())
 
-    def run(self, first: list[Job], rest: list[Job], then: Callable[[], list[Job]]) -> None:
+    def train_missing(
+        self, first: list[Job], rest: list[Job], then: Callable[[], list[Job]]
+    ) -> None:
         """Train what is missing of ``first``, of ``then()`` (planned once ``first`` is done)
         and of ``rest``. One worker trains them in that order; several start with ``first``
         and the largest of ``rest``, and take ``then()``'s as soon as it can be planned."""
-        if not self.train:
+        if not self.may_train:
             return
         if self.workers == 1:
             for job in self._missing(first):
@@ -243,7 +236,7 @@ class _Trainer:
         queue = self._missing(first) + _largest_first(self._missing(rest))
         firsts = {self._key(job) for job in first}
         self.total = len(queue)
-        with workers.pool(self.workers, proxy.resolve_device(config.device)) as executor:
+        with workers.pool(self.workers, resolve_device(config.device)) as executor:
             while queue or self.running or not planned:
                 waiting = {self._key(job) for job in [*queue, *self.running.values()]}
                 if not planned and firsts.isdisjoint(waiting):
@@ -275,30 +268,31 @@ class _Trainer:
         self.on_step(self.finished, max(self.total, self.finished), labels)
 
 
-def _steps(config: SearchConfig, trials: pd.DataFrame, trainer: _Trainer) -> Results:
+def _steps(config: SearchConfig, records: list[TrialRecord], trainings: _Trainings) -> Results:
     """Steps 2-5 after the search: plan, look up, train what is missing."""
-    best = best_within_budget(trials, config.budget_macs)
+    trials = to_frame(records)
+    best = best_within_budget(records, config.budget_macs)
     if best is None:
         return Results(trials, None, [], CMT_COEFFICIENTS, [], [], [])
-    s = ArchSpec.from_json(best.arch)
+    s = best.arch
     searched = _search_training(best, config)
-    trainer.done.setdefault(searched.key, searched)
+    trainings.done.setdefault(searched.key, searched)
     scaling_jobs = _scaling_jobs(s, config)
     baseline_jobs, noise_jobs = _baseline_jobs(config), _noise_jobs(s, config)
 
     def family_jobs() -> list[Job]:
-        return _family_jobs(s, _chosen(trainer.rows(scaling_jobs)), config)
+        return _family_jobs(s, _chosen(trainings.rows(scaling_jobs)), config)
 
-    trainer.run(scaling_jobs, baseline_jobs + noise_jobs, family_jobs)
-    scaling = trainer.rows(scaling_jobs)
+    trainings.train_missing(scaling_jobs, baseline_jobs + noise_jobs, family_jobs)
+    scaling = trainings.rows(scaling_jobs)
     return Results(
         trials,
         best,
         scaling,
         _chosen(scaling),
-        trainer.rows(family_jobs()),
-        trainer.rows(baseline_jobs),
-        trainer.rows(noise_jobs),
+        trainings.rows(family_jobs()),
+        trainings.rows(baseline_jobs),
+        trainings.rows(noise_jobs),
     )
 
 
@@ -312,13 +306,14 @@ def run(
     """Run (or resume) every step of ``config``'s run; with ``report_only`` run nothing and
     return what the run folder holds."""
     if report_only:
-        trials = to_frame(storage.records(config.out))
-        return _steps(config, trials, _Trainer(config, TrainingLog(config.out), False, _quiet))
-    backends.get(config.backend).run(config, on_trial)
-    with storage.folder_lock(config.out):
-        trials = to_frame(storage.records(config.out))
-        trainer = _Trainer(config, TrainingLog(config.out), True, on_step or _quiet)
-        return _steps(config, trials, trainer)
+        records = storage.records(config.out)
+        return _steps(config, records, _Trainings(config, TrainingLog(config.out), False, _quiet))
+    lifecycle.check(config)
+    with folder_lock(config.out):
+        lifecycle.run_trials_locked(config, on_trial)
+        records = storage.records(config.out)
+        trainings = _Trainings(config, TrainingLog(config.out), True, on_step or _quiet)
+        return _steps(config, records, trainings)
 
 
 def _quiet(done: int, total: int, running: list[str]) -> None:

@@ -9,8 +9,8 @@ eighth of the side; horizontal flips for natural images) with a generator on the
 training batch has the same size (an epoch's last, partial batch is dropped). Training uses
 AdamW, a linear warm-up and cosine decay, and label smoothing; validation top-1 is measured
 after every epoch.
-Model and images are channels_last and AdamW is the fused kernel on every device (both faster
-than the defaults on the CPU too; README). The same code runs on CUDA with mixed precision
+Model and images are channels_last and AdamW is the fused kernel on every device
+(``docs/proxy.md``, "The trainer"). The same code runs on CUDA with mixed precision
 (bfloat16 where supported, else float16 with loss scaling); on the CPU it is deterministic for
 a seed.
 
@@ -42,10 +42,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from blocks import build_model
-from search.data import ClutteredDigits, ImageData, ImageTensorDataset
+from common.datasets import ClutteredDigits, ImageData, ImageTensorDataset
+from common.device import amp_dtype, resolve_device
+from common.fields import check_values
 from search.graphs import GraphedStep, can_capture
 from search.memory import available_bytes, training_bytes
-from space.fields import check_values
 from space.genotype import ArchSpec
 
 __all__ = [
@@ -53,8 +54,6 @@ __all__ = [
     "MIN_PROXY_RESOLUTION",
     "ProxyResult",
     "ProxySettings",
-    "amp_dtype",
-    "resolve_device",
     "train",
 ]
 
@@ -68,7 +67,8 @@ RETRY_LR = 0.25  # the retry's learning rate over the recipe's
 @dataclasses.dataclass(frozen=True)
 class ProxySettings:
     """The proxy's recipe. The defaults (one epoch at 24 px) keep the default run within 15
-    minutes on a 2-core CPU; two epochs at 32 px rank better (``benchmarks/fidelity.py``, README).
+    minutes on a 2-core CPU; two epochs at 32 px rank better (``benchmarks/fidelity.py``,
+    ``docs/proxy.md``).
     ``resolution`` is the proxy input side of the searched architecture; every other model's
     follows ``SearchConfig.proxy_for``."""
 
@@ -240,24 +240,6 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU. ``cuda[:N]`` asked for
-    on a machine without CUDA, or with N beyond the visible GPUs, is a ValueError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
-        visible = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= visible:
-            raise ValueError(
-                f"device {device!r} was asked for, but only {visible} GPU(s) are visible "
-                f"(cuda:0 to cuda:{visible - 1})"
-            )
-    return dev
-
-
 class _Run(NamedTuple):
     """What one training works with: the model and its optimiser, schedule and loss scaler,
     the device and the autocast type (None: full precision)."""
@@ -268,13 +250,6 @@ class _Run(NamedTuple):
     scaler: torch.amp.GradScaler
     device: torch.device
     amp: torch.dtype | None
-
-
-def amp_dtype(dev: torch.device) -> torch.dtype | None:
-    """The autocast type: bfloat16 on CUDA where supported, else float16; none on the CPU."""
-    if dev.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _setup(

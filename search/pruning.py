@@ -5,7 +5,8 @@ Optuna's pruners rank a trial by one intermediate value and refuse multi-objecti
 that belong on the accuracy-MACs front. ``DominancePruner`` stops a trial after epoch e when at
 least ``quorum`` finished trials were already more accurate after their epoch e while costing
 no more MACs: the trial is then dominated several times over at that point of training. Early
-rankings do reverse (the README measures how often), so the quorum asks for three such trials.
+rankings do reverse (``docs/backends.md`` measures how often), so the quorum asks for three
+such trials.
 Pruning starts once ``min_finished`` trials have finished and never happens after the last
 epoch.
 """

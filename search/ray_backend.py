@@ -5,7 +5,7 @@ CPUs and GPUs or on an existing Ray cluster.
   backends keep their trials in one place, in one form. Its define-by-run space is
   ``search.trial.define``; the trial's number travels in the Ray config, and the worker stores
   its outcome in the study's journal (the run folder must be on storage every node reaches).
-- Workers get the frozen ``SearchConfig`` itself and run ``search.trial.train``, reporting
+- Workers get the frozen ``SearchConfig`` itself and run ``search.trial.evaluate``, reporting
   after every epoch; an architecture already trained in the study is not trained again.
 - Scheduling: ASHA on the per-epoch accuracy (grace period one epoch, reduction factor 2); a
   trial it stops is PRUNED with its last accuracy. ``prune=False`` runs every trial to its end.
@@ -37,12 +37,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search import data as datasets
+from common import datasets
 from search import storage, trial
 from search.config import SearchConfig
 from search.records import OnTrial
 from space.genotype import ArchSpec
-from space.sampling import check_budget
 
 __all__ = ["ProxyFailed", "RayBackend"]
 
@@ -135,7 +134,7 @@ def _trainable(params: dict[str, Any], *, config: SearchConfig) -> None:
     attrs = trial.StoredTrial(journal, params["number"])
     device = "cuda" if config.gpus_per_trial > 0 else config.device
     worker = dataclasses.replace(config, device=device)
-    outcome = trial.train(
+    outcome = trial.evaluate(
         attrs, arch, study, worker, datasets.load(config.data), report, replay=True
     )
     if outcome.state == TrialState.FAIL:
@@ -199,43 +198,29 @@ class RayBackend:
 
     name: str = "ray"
 
-    def run(self, config: SearchConfig, on_trial: OnTrial | None = None) -> None:
-        datasets.load(config.data)
-        check_budget(config.budget_macs, config.resolution)
+    def run_trials(self, config: SearchConfig, first: int, on_trial: OnTrial | None) -> None:
         # Workers run elsewhere: they get absolute paths.
         config = dataclasses.replace(
             config, data=datasets.absolute(config.data), out=str(Path(config.out).resolve())
         )
-        with storage.folder_lock(config.out):
-            journal = storage.journal(config.out)
-            study = storage.open_study(journal, trial.sampler(config))
-            first = len(study.trials)  # trials of this run (redone ones too) number from here
-            storage.recover_interrupted(study, journal)
-            used, best = storage.progress(study)
-            if on_trial is not None:
-                on_trial(used, best)
-            if used >= config.trials:
-                return
-            runs = Path(config.out) / EXPERIMENTS
-            experiment = f"run-{len(list(runs.glob('run-*'))) + 1 if runs.exists() else 1}"
-            started_here = not ray.is_initialized()
-            if started_here:
-                ray.init(
-                    address=config.ray_address,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
-            try:
-                packed = _packed(config)
-                _tuner(
-                    packed, config.trials - used, experiment, _Watch(packed, first, on_trial)
-                ).fit()
-            finally:
-                if started_here:
-                    ray.shutdown()
-            # Trials still running when the experiment stopped are redone by the next run.
-            storage.recover_interrupted(storage.load_study(config.out), journal)
-            storage.check_failures(
-                storage.load_study(config.out), first, config.max_repeated_failures
+        used, best = storage.progress(storage.load_study(config.out))
+        if on_trial is not None:
+            on_trial(used, best)
+        if used >= config.trials:
+            return
+        runs = Path(config.out) / EXPERIMENTS
+        experiment = f"run-{len(list(runs.glob('run-*'))) + 1 if runs.exists() else 1}"
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(
+                address=config.ray_address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
             )
+        try:
+            packed = _packed(config)
+            _tuner(packed, config.trials - used, experiment, _Watch(packed, first, on_trial)).fit()
+        finally:
+            if started_here:
+                ray.shutdown()

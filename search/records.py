@@ -1,15 +1,25 @@
-"""One trial record for both search backends, and the trial table built from them."""
+"""One trial record for both search backends, the trial table built from them, and S, the best
+trial within the budget, picked from the records (a typed record, its genotype an ``ArchSpec``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from datetime import datetime
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "STATES", "OnTrial", "TrialRecord", "best_accuracy", "to_frame"]
+from space.genotype import ArchSpec
+
+__all__ = [
+    "COLUMNS",
+    "STATES",
+    "OnTrial",
+    "TrialRecord",
+    "best_accuracy",
+    "best_within_budget",
+    "to_frame",
+]
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
 
@@ -20,14 +30,15 @@ class TrialRecord:
 
     ``accuracy`` is the proxy's last validation top-1 (for a pruned trial, at the epoch it was
     stopped); ``epoch_accuracies`` the validation top-1 after every epoch run; ``macs`` and
-    ``params`` are the architecture's at its target resolution (fvcore's count).
-    ``duplicate_of`` names the trial whose result was reused for the same architecture.
+    ``params`` are the architecture's at its target resolution (fvcore's count); ``arch`` is
+    None for a trial that failed before its architecture was defined. ``duplicate_of`` names
+    the trial whose result was reused for the same architecture.
     """
 
     number: int
     state: str
     backend: str
-    arch: str = ""
+    arch: ArchSpec | None = None
     blocks: str = ""
     params: int | None = None
     macs: int | None = None
@@ -51,11 +62,29 @@ def best_accuracy(accuracies: list[float | None]) -> float | None:
     return max(known) if known else None
 
 
+def best_within_budget(records: list[TrialRecord], budget_macs: int) -> TrialRecord | None:
+    """S: the most accurate completed trial within the budget (fewer MACs, then earlier, on
+    ties); None when no completed trial fits."""
+    scored = [
+        r
+        for r in records
+        if r.state == "COMPLETE"
+        and r.accuracy is not None
+        and r.macs is not None
+        and r.macs <= budget_macs
+    ]
+    return min(scored, key=lambda r: (-r.accuracy, r.macs, r.number), default=None)
+
+
 def to_frame(records: list[TrialRecord]) -> pd.DataFrame:
-    """The trial table, one row per trial in trial-number order; per-epoch accuracies as JSON."""
-    rows = [dataclasses.asdict(record) for record in sorted(records, key=lambda r: r.number)]
-    for row in rows:
-        row["epoch_accuracies"] = json.dumps(list(row["epoch_accuracies"]))
+    """The trial table, one row per trial in trial-number order: the genotype as its JSON text,
+    per-epoch accuracies as a list."""
+    rows = []
+    for record in sorted(records, key=lambda r: r.number):
+        row = {field: getattr(record, field) for field in COLUMNS}
+        row["arch"] = "" if record.arch is None else record.arch.to_json()
+        row["epoch_accuracies"] = list(record.epoch_accuracies)
+        rows.append(row)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for column in ("params", "macs", "duplicate_of"):
         frame[column] = frame[column].astype("Int64")

@@ -4,7 +4,6 @@
   a killed process and shared by processes, Ray workers included; ``optuna-dashboard
   <out>/study.journal`` opens it). Its study holds two objectives, proxy accuracy (up) and MACs
   (down), and each trial's user attributes (``ATTRS``) say what it trained and how it went.
-- Lock: ``folder_lock`` keeps a second run out of a folder in use.
 - Resume: ``recover_interrupted`` fails the trials a dead process left RUNNING (reason
   ``INTERRUPTED``) and queues their parameters again, so the next trial redoes the same
   architecture; interrupted trials do not use a slot (``slots_used``).
@@ -13,30 +12,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
-import filelock
 import optuna
+import pandas as pd
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from search.records import TrialRecord, best_accuracy
+from search.records import TrialRecord, best_accuracy, to_frame
+from space.genotype import ArchSpec
 
 __all__ = [
     "ATTRS",
     "INTERRUPTED",
     "STUDY_NAME",
-    "FolderBusy",
     "RepeatedFailure",
     "check_failures",
     "completed",
-    "folder_lock",
     "journal",
     "load_study",
     "open_study",
@@ -48,6 +44,7 @@ __all__ = [
     "to_record",
     "trial_count",
     "trial_id",
+    "trial_table",
 ]
 
 STUDY_NAME = "search"
@@ -66,26 +63,6 @@ ATTRS = (
     "redo_of",
 )
 log = logging.getLogger(__name__)
-
-
-class FolderBusy(RuntimeError):
-    """Another process is running in the same run folder (a search or a retraining)."""
-
-
-@contextlib.contextmanager
-def folder_lock(out: str | Path) -> Iterator[None]:
-    """Hold ``out/.lock`` for the duration; another process gets ``FolderBusy`` at once."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(out / ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise FolderBusy(f"another run is using {out}; wait for it or use another --out") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def journal(out: str | Path) -> JournalStorage:
@@ -207,7 +184,7 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         number=trial.number,
         state=trial.state.name,
         backend=attrs.get("backend", "optuna"),
-        arch=attrs.get("arch", ""),
+        arch=ArchSpec.from_json(attrs["arch"]) if attrs.get("arch") else None,
         blocks=attrs.get("blocks", ""),
         params=attrs.get("params"),
         macs=attrs.get("macs"),
@@ -226,3 +203,9 @@ def records(out: str | Path) -> list[TrialRecord]:
     are not trials yet)."""
     trials = load_study(out).get_trials(deepcopy=False)
     return [to_record(t) for t in trials if t.state != TrialState.WAITING]
+
+
+def trial_table(out: str | Path) -> pd.DataFrame:
+    """The trial table (``search.records.COLUMNS``) of the run folder ``out`` as it stands,
+    without running anything; ``ValueError`` if the folder holds no search."""
+    return to_frame(records(out))

@@ -40,7 +40,7 @@ class Training:
     key: str
     step: str
     label: str
-    arch: str
+    arch: ArchSpec
     recipe: dict[str, Any]
     data: str
     seed: int
@@ -65,7 +65,7 @@ class Training:
             training_key(arch, recipe, data, seed),
             step,
             label,
-            arch.to_json(),
+            arch,
             dataclasses.asdict(recipe),
             data,
             seed,
@@ -97,8 +97,9 @@ class TrainingLog:
             try:
                 row = json.loads(line)
                 row["epoch_accuracies"] = tuple(row["epoch_accuracies"])
+                row["arch"] = ArchSpec.from_json(row["arch"])
                 training = Training(**row)
-            except (json.JSONDecodeError, TypeError, KeyError):
+            except (json.JSONDecodeError, TypeError, KeyError, ValueError):
                 continue  # a line torn by a kill
             found[training.key] = training
         return found
@@ -108,7 +109,8 @@ class TrainingLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torn = self.path.exists() and self.path.stat().st_size > 0 and not _ends_a_line(self.path)
         with self.path.open("a") as handle:
-            handle.write(("\n" if torn else "") + json.dumps(dataclasses.asdict(training)) + "\n")
+            row = {**dataclasses.asdict(training), "arch": training.arch.to_json()}
+            handle.write(("\n" if torn else "") + json.dumps(row) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -5,7 +5,7 @@ A backend runs each trial in this order:
 1. ``define(trial, config)``, where the study is asked for a trial: draws an architecture
    within the budget (``space.sampling.sample``), stores it and its cost in the trial's user
    attributes and gives the samplers the budget constraint;
-2. ``train(attrs, study, config, data, report)``, where the trial trains: reuses the result of
+2. ``evaluate(attrs, study, config, data, report)``, where the trial trains: reuses the result of
    the same architecture already trained in the study, or proxy-trains it, passing each
    epoch's accuracy to ``report(epoch, accuracy)`` (a pruner may stop the trial there), and
    stores the outcome in the trial's user attributes;
@@ -25,16 +25,16 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from common.datasets import ImageData
 from search import proxy
 from search.config import SearchConfig
-from search.data import ImageData
 from search.pruning import TrialStopped
 from search.storage import completed, trial_id
 from space.cost import estimate
 from space.genotype import ArchSpec
 from space.sampling import sample
 
-__all__ = ["Attrs", "Outcome", "StoredTrial", "define", "sampler", "train"]
+__all__ = ["Attrs", "Outcome", "StoredTrial", "define", "evaluate", "sampler"]
 
 log = logging.getLogger(__name__)
 Report = Callable[[int, float], None]
@@ -120,7 +120,7 @@ def _outcome(result: proxy.ProxyResult, arch: ArchSpec) -> Outcome:
     return Outcome(TrialState.COMPLETE, values, reason=result.reason)
 
 
-def train(
+def evaluate(
     attrs: Attrs,
     arch: ArchSpec,
     study: optuna.Study,

@@ -19,8 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
+from common.device import resolve_device
 from search.config import SearchConfig
-from search.proxy import resolve_device
 
 __all__ = [
     "CPU_WORKERS",
@@ -80,7 +80,7 @@ def search_workers(config: SearchConfig) -> int:
 def step_workers(config: SearchConfig) -> int:
     """Trainings at once after the search: ``parallel``; else one on CUDA, and on the CPU one
     per core, at most ``CPU_WORKERS`` (on two cores, two one-thread trainings get through 1.3x
-    the images per second of one two-thread training: README)."""
+    the images per second of one two-thread training: ``docs/backends.md``)."""
     if config.parallel:
         return config.parallel
     if resolve_device(config.device).type == "cuda":

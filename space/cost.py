@@ -1,6 +1,6 @@
 """Parameters and MACs of a genotype, and the budget parser.
 
-The convention (SPEC section 3): the "FLOPs" of CMT, Swin, Dual-ViT and CoTNet are
+The convention: the "FLOPs" of CMT, Swin, Dual-ViT and CoTNet are
 multiply-accumulates (MACs). ``count`` traces the model at the genotype's own resolution with
 fvcore and counts the MACs of convolutions, linear layers, matrix products and einsums, and of
 attention whatever kernel computes it: fvcore does not know

@@ -14,17 +14,12 @@ import math
 from typing import Any
 
 from blocks import BLOCKS, HEADS, STEMS
-from space.fields import field_names, reject_unknown
+from common.fields import check_integer, field_names, reject_unknown
 
 __all__ = ["MIN_RESOLUTION", "NUM_STAGES", "ArchSpec", "StageSpec"]
 
 NUM_STAGES = 4
 MIN_RESOLUTION = 32  # the four stages downsample by 32 in all
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _ratio_or_pattern(value: Any) -> float | tuple[float, ...]:
@@ -67,9 +62,9 @@ class StageSpec:
 
     def __post_init__(self) -> None:
         options_type = BLOCKS.get(self.block).options_type
-        _positive_int("depth", self.depth)
-        _positive_int("width", self.width)
-        _positive_int("heads", self.heads)
+        check_integer("depth", self.depth)
+        check_integer("width", self.width)
+        check_integer("heads", self.heads)
         if self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
         object.__setattr__(self, "mlp_ratio", _ratio_or_pattern(self.mlp_ratio))
@@ -135,7 +130,7 @@ class ArchSpec:
             if not isinstance(stage, StageSpec):
                 raise ValueError(f"stages[{i}] must be a StageSpec, got {type(stage).__name__}")
         object.__setattr__(self, "stages", stages)
-        _positive_int("resolution", self.resolution)
+        check_integer("resolution", self.resolution)
         if self.resolution < MIN_RESOLUTION:
             raise ValueError(
                 f"resolution must be at least {MIN_RESOLUTION} (the stages downsample by 32), "
@@ -143,9 +138,9 @@ class ArchSpec:
             )
         STEMS.get(self.stem)
         HEADS.get(self.head)
-        _positive_int("stem_width", self.stem_width)
+        check_integer("stem_width", self.stem_width)
         if HEADS.get(self.head).has_width:
-            _positive_int("head_width", self.head_width)
+            check_integer("head_width", self.head_width)
         elif self.head_width != 0:
             raise ValueError(
                 f"head_width must be 0 for head {self.head!r}, got {self.head_width!r}"

@@ -1,4 +1,4 @@
-"""Named architectures that reproduce published models (SPEC section 9).
+"""Named architectures that reproduce published models.
 
 Each builder's body is a literal table of the model's hyper-parameters. MACs are counted with
 attention included (``space.cost.count``); the published figures these presets must match live

@@ -9,8 +9,8 @@ import pytest
 
 import search.proxy
 import search.workers
-from search import ProxySettings, SearchConfig
-from search.proxy import DEFAULTS, ProxyResult
+from search.config import SearchConfig
+from search.proxy import DEFAULTS, ProxyResult, ProxySettings
 
 
 def fake_train(

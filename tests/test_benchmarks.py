@@ -1,4 +1,4 @@
-"""The benchmarks run and write what the README quotes: the GPU benchmark's quick CPU mode,
+"""The benchmarks run and write what the README and docs/ quote: the GPU benchmark's quick CPU mode,
 the fidelity benchmark's and the dataset pilot's resumable rows."""
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ def test_report_only_without_a_run(tmp_path: Path) -> None:
 
 
 def test_a_crafted_cifar_folder_is_refused_and_runs_nothing(tmp_path: Path) -> None:
-    from tests.search.test_data import _Payload, write_cifar
+    from tests.common.test_datasets import _Payload, write_cifar
 
     write_cifar(tmp_path / "c", 10)
     victim = tmp_path / "pwned"

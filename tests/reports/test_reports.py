@@ -9,8 +9,7 @@ import pytest
 
 from reports import plots
 from reports.tables import pareto_data, pareto_front
-from search.pipeline import best_within_budget
-from search.records import COLUMNS
+from search.records import COLUMNS, TrialRecord, best_within_budget
 
 
 def trials(*rows: tuple[int, str, float | None, float | None]) -> pd.DataFrame:
@@ -48,9 +47,19 @@ def test_pareto_front_keeps_the_non_dominated_completed_trials() -> None:
 
 
 def test_best_within_budget() -> None:
-    assert best_within_budget(TABLE, int(4e9)).number == 3
-    assert best_within_budget(TABLE, int(3.6e9)).number == 1  # ties go to the earlier trial
-    assert best_within_budget(TABLE, int(2.5e9)) is None
+    records = [
+        TrialRecord(
+            row.number,
+            row.state,
+            "optuna",
+            macs=None if pd.isna(row.macs) else int(row.macs),
+            accuracy=None if pd.isna(row.accuracy) else row.accuracy,
+        )
+        for row in TABLE.itertuples()
+    ]
+    assert best_within_budget(records, int(4e9)).number == 3
+    assert best_within_budget(records, int(3.6e9)).number == 1  # ties go to the earlier trial
+    assert best_within_budget(records, int(2.5e9)) is None
 
 
 @pytest.mark.parametrize("mixes", [3, 30])

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from common import datasets as data
+from common.datasets import ImageData, ImageTensorDataset
 from retraining.recipe import Recipe
-from retraining.trainer import Diverged, RetrainSettings, checkpoint_model, train
-from search import data
-from search.data import ImageData, ImageTensorDataset
+from retraining.trainer import Diverged, RetrainSettings, checkpoint_model, retrain
 from tests.search.test_proxy import tiny_arch
 
 CPU = torch.device("cpu")
@@ -58,7 +58,7 @@ def test_recipe_scales_to_the_data() -> None:
 def test_resumed_run_equals_uninterrupted(tmp_path: Path, digits_subset: ImageData) -> None:
     """A run stopped after epoch 1 (its checkpoint written) and started again ends with the
     weights, EMA and metrics of a run that never stopped."""
-    whole = train(settings(2), digits_subset, tmp_path / "whole", device=CPU, workers=0)
+    whole = retrain(settings(2), digits_subset, tmp_path / "whole", device=CPU, workers=0)
 
     class Killed(Exception):
         pass
@@ -68,9 +68,9 @@ def test_resumed_run_equals_uninterrupted(tmp_path: Path, digits_subset: ImageDa
 
     (tmp_path / "cut").mkdir()
     with pytest.raises(Killed):
-        train(settings(2), digits_subset, tmp_path / "cut", device=CPU, workers=0, on_epoch=stop)
+        retrain(settings(2), digits_subset, tmp_path / "cut", device=CPU, workers=0, on_epoch=stop)
     starts: list[int] = []
-    cut = train(
+    cut = retrain(
         settings(2), digits_subset, tmp_path / "cut", device=CPU, workers=0, on_start=starts.append
     )
     assert starts == [1]
@@ -95,7 +95,7 @@ def test_training_learns_and_keeps_the_best(tmp_path: Path) -> None:
     run = dataclasses.replace(
         settings(3, crop_scale=0.35), recipe=Recipe(3, 64, 2e-2, crop_scale=0.35)
     )
-    history = train(run, data.load("digits"), tmp_path, device=CPU, workers=0)
+    history = retrain(run, data.load("digits"), tmp_path, device=CPU, workers=0)
     assert len(history) == 3 and history[-1]["lr"] == pytest.approx(1e-5)  # cosine to min_lr
     chance = 1 / 10
     best, weights = checkpoint_model(tmp_path / "best.pt")
@@ -110,7 +110,7 @@ def test_training_learns_and_keeps_the_best(tmp_path: Path) -> None:
 def test_no_mixup_no_ema(tmp_path: Path, digits_subset: ImageData) -> None:
     """The recipe's parts can be switched off: plain label smoothing, no EMA."""
     plain = settings(1, mixup=0.0, cutmix=0.0, ema_decay=0.0, randaugment="none", reprob=0.0)
-    history = train(plain, digits_subset, tmp_path, device=CPU, workers=0)
+    history = retrain(plain, digits_subset, tmp_path, device=CPU, workers=0)
     assert history[0]["ema_top1"] != history[0]["ema_top1"]  # NaN: no EMA
     assert checkpoint_model(tmp_path / "best.pt")[0]["weights"] == "model"
 
@@ -127,5 +127,5 @@ def test_a_diverged_training_stops_with_a_clear_error(
 ) -> None:
     wild = RetrainSettings(tiny_arch(), "digits", 32, 0, Recipe(2, 64, 1e9, warmup_epochs=0))
     with pytest.raises(Diverged, match="became NaN or infinite; lower --lr"):
-        train(wild, digits_subset, tmp_path, device=CPU, workers=0)
+        retrain(wild, digits_subset, tmp_path, device=CPU, workers=0)
     assert not (tmp_path / "last.pt").exists()  # no checkpoint of a diverged epoch

@@ -10,11 +10,12 @@ import torch
 import search.proxy as proxy
 from blocks.cmt import CMTOptions
 from blocks.dualvit import DualOptions
-from search import data
-from search.data import ImageData, ImageTensorDataset
+from common import datasets as data
+from common.datasets import ImageData, ImageTensorDataset
+from common.device import resolve_device
 from search.proxy import ProxySettings
 from space.genotype import ArchSpec, StageSpec
-from tests.search.test_data import write_folder
+from tests.common.test_datasets import write_folder
 
 
 def tiny_arch() -> ArchSpec:
@@ -170,8 +171,8 @@ def test_cuda_asked_for_without_cuda(digits_subset: ImageData) -> None:
 
 def test_auto_device_is_cuda_only_when_there_is_one() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert proxy.resolve_device("auto").type == expected
-    assert proxy.resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
 
 
 def test_a_training_too_large_for_memory_fails_before_allocating(

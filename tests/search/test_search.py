@@ -17,17 +17,27 @@ import pandas as pd
 import pytest
 
 import search.proxy
-from search import ProxySettings, SearchConfig, run, storage, trial_table
-from search.proxy import ProxyResult
+from common.lock import FolderBusy, folder_lock
+from search import storage
+from search.config import SearchConfig
+from search.lifecycle import run_trials
+from search.proxy import ProxyResult, ProxySettings
 from search.pruning import DominancePruner, Finished, TrialStopped
 from search.records import COLUMNS
+from search.storage import trial_table
 from tests.conftest import fake_train, tiny
+
+
+def searched(config: SearchConfig) -> pd.DataFrame:
+    """Run (or continue) the search's trials; its trial table."""
+    run_trials(config)
+    return trial_table(config.out)
 
 
 def test_optuna_search_on_the_embedded_dataset(tmp_path: Path) -> None:
     """The acceptance search: 6 real proxy trainings; nothing trained over the budget."""
     config = tiny(trials=6, out=str(tmp_path / "run"), seed=0)
-    table = run(config)
+    table = searched(config)
     assert list(table.columns) == COLUMNS
     assert len(table) == 6 and set(table.state) <= {"COMPLETE", "PRUNED"}
     assert (table.macs <= config.budget_macs).all()
@@ -48,7 +58,7 @@ def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(
 
     flaky.calls = 0
     monkeypatch.setattr(search.proxy, "train", flaky)
-    table = run(tiny(trials=5, out=str(tmp_path / "run")))
+    table = searched(tiny(trials=5, out=str(tmp_path / "run")))
     assert len(table) == 5
     failed = table[table.state == "FAIL"]
     assert (
@@ -64,36 +74,36 @@ def test_a_failed_proxy_is_recorded_with_its_reason(
         return ProxyResult(0.0, (), 0.1, 10.0, True, "the loss became nan in epoch 1")
 
     monkeypatch.setattr(search.proxy, "train", nan)
-    table = run(tiny(trials=2, out=str(tmp_path / "run")))
+    table = searched(tiny(trials=2, out=str(tmp_path / "run")))
     assert (table.state == "FAIL").all()
     assert table.fail_reason.eq("the loss became nan in epoch 1").all()
 
 
 def test_same_seed_same_architectures(tmp_path: Path, fake_proxy: list) -> None:
-    first = run(tiny(trials=8, out=str(tmp_path / "a"), seed=4))
-    again = run(tiny(trials=8, out=str(tmp_path / "b"), seed=4))
-    other = run(tiny(trials=8, out=str(tmp_path / "c"), seed=5))
+    first = searched(tiny(trials=8, out=str(tmp_path / "a"), seed=4))
+    again = searched(tiny(trials=8, out=str(tmp_path / "b"), seed=4))
+    other = searched(tiny(trials=8, out=str(tmp_path / "c"), seed=5))
     assert first.arch.tolist() == again.arch.tolist()
     assert first.arch.tolist() != other.arch.tolist()
 
 
 def test_rerunning_a_finished_search_trains_nothing(tmp_path: Path, fake_proxy: list) -> None:
     config = tiny(trials=4, out=str(tmp_path / "run"))
-    first = run(config)
+    first = searched(config)
     trained = len(fake_proxy)
-    again = run(config)
+    again = searched(config)
     assert len(fake_proxy) == trained
     pd.testing.assert_frame_equal(first, again)
-    more = run(dataclasses.replace(config, trials=6))
+    more = searched(dataclasses.replace(config, trials=6))
     assert len(more) == 6 and more.arch.iloc[:4].tolist() == first.arch.tolist()
 
 
 def test_duplicate_architectures_are_not_trained_twice(tmp_path: Path, fake_proxy: list) -> None:
     config = tiny(trials=1, out=str(tmp_path / "run"))
-    first = run(config)
+    first = searched(config)
     study = storage.load_study(config.out)
     study.enqueue_trial(study.trials[0].params)
-    table = run(dataclasses.replace(config, trials=2))
+    table = searched(dataclasses.replace(config, trials=2))
     assert len(fake_proxy) == 1
     assert table.duplicate_of.iloc[1] == 0 and table.arch.iloc[1] == first.arch.iloc[0]
     assert table.accuracy.iloc[1] == table.accuracy.iloc[0] and table.train_seconds.iloc[1] == 0
@@ -121,21 +131,21 @@ def test_hopeless_trials_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     declining.calls = 0
     monkeypatch.setattr(search.proxy, "train", declining)
-    table = run(tiny(3, trials=8, out=str(tmp_path / "run")))
+    table = searched(tiny(3, trials=8, out=str(tmp_path / "run")))
     pruned = table[table.state == "PRUNED"]
     assert len(pruned) >= 1
     assert pruned.fail_reason.str.startswith("stopped after epoch 1").all()
-    assert pruned.epoch_accuracies.map(lambda text: len(json.loads(text))).eq(1).all()
+    assert pruned.epoch_accuracies.map(len).eq(1).all()
 
 
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
 def test_another_process_in_the_same_folder_is_refused(tmp_path: Path, backend: str) -> None:
     config = tiny(trials=1, out=str(tmp_path / "run"), backend=backend)
     with (
-        storage.folder_lock(config.out),
-        pytest.raises(storage.FolderBusy, match="another run is using"),
+        folder_lock(config.out),
+        pytest.raises(FolderBusy, match="another run is using"),
     ):
-        run(config)
+        searched(config)
 
 
 def _running_trial_with_arch(journal: Path) -> bool:
@@ -162,8 +172,8 @@ def test_sigkill_during_a_trial_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     config = tiny(2, trials=5, out=str(out), seed=1)
     code = (
-        "from search import SearchConfig, run; import json, sys; "
-        "run(SearchConfig.from_json(sys.argv[1]))"
+        "from search.lifecycle import run_trials; from search.config import SearchConfig; "
+        "import sys; run_trials(SearchConfig.from_json(sys.argv[1]))"
     )
     process = subprocess.Popen([sys.executable, "-c", code, config.to_json()], cwd=os.getcwd())
     try:
@@ -177,7 +187,7 @@ def test_sigkill_during_a_trial_then_resume(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
-    table = run(config)
+    table = searched(config)
     killed = table[table.fail_reason.str.startswith("interrupted")]
     assert len(killed) == 1
     finished = table.drop(killed.index)
@@ -230,7 +240,7 @@ def test_budget_below_the_smallest_architecture_fails_before_the_folder_is_made(
     tmp_path: Path,
 ) -> None:
     with pytest.raises(ValueError, match="below the smallest architecture"):
-        run(SearchConfig(budget="10M", data="digits", out=str(tmp_path / "run")))
+        searched(SearchConfig(budget="10M", data="digits", out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
 
 
@@ -238,7 +248,7 @@ def test_budget_below_the_smallest_architecture_fails_before_the_folder_is_made(
 def test_ray_search_runs_two_trials_at_once(tmp_path: Path) -> None:
     """The acceptance search with Ray Tune: 6 trials on the embedded set, 1 CPU each."""
     config = tiny(2, trials=6, out=str(tmp_path / "run"), backend="ray", cpus_per_trial=1)
-    table = run(config)
+    table = searched(config)
     assert list(table.columns) == COLUMNS and len(table) == 6
     assert table.backend.eq("ray").all() and (table.macs <= config.budget_macs).all()
     assert set(table.state) <= {"COMPLETE", "PRUNED"}
@@ -246,7 +256,7 @@ def test_ray_search_runs_two_trials_at_once(tmp_path: Path) -> None:
     overlaps = sum(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
     assert overlaps >= 1
     assert list(table.number) == list(range(6))
-    stored = trial_table(config)  # what --report-only reads, without running anything
+    stored = trial_table(config.out)  # what --report-only reads, without running anything
     assert stored[["number", "arch", "accuracy"]].equals(table[["number", "arch", "accuracy"]])
 
 
@@ -255,11 +265,14 @@ def test_ray_search_runs_two_trials_at_once(tmp_path: Path) -> None:
 # a child process with the kernels capped at AVX2: the same arithmetic on any x86-64 machine.
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 RECORDED_SEARCH = """
-import sys
-from search import run
+import json, sys
+from search.lifecycle import run_trials
+from search.storage import trial_table
 from tests.conftest import tiny
-table = run(tiny(trials=3, seed=0, out=sys.argv[1]))
-print(table.to_json(orient="records"))
+config = tiny(trials=3, seed=0, out=sys.argv[1])
+run_trials(config)
+table = trial_table(config.out).astype(object)
+print(json.dumps(table.where(table.notna(), None).to_dict(orient="records"), default=str))
 """
 
 
@@ -288,21 +301,22 @@ def test_a_recorded_search_is_repeated_exactly(tmp_path: Path) -> None:
         assert row["number"] == expected["number"] and row["state"] == expected["state"]
         assert row["arch"] == expected["arch"] and row["blocks"] == expected["blocks"]
         assert (row["params"], row["macs"]) == (expected["params"], expected["macs"])
-        assert json.loads(row["epoch_accuracies"]) == json.loads(expected["epoch_accuracies"])
+        # recorded when the table held them as JSON text; it holds a list now
+        assert row["epoch_accuracies"] == json.loads(expected["epoch_accuracies"])
 
 
 @pytest.mark.slow
 def test_ray_reuses_a_trained_architecture_and_no_prune_trains_to_the_end(tmp_path: Path) -> None:
     config = tiny(3, trials=1, out=str(tmp_path / "run"), backend="ray", prune=False)
-    first = run(config)
+    first = searched(config)
     study = storage.load_study(config.out)
     study.enqueue_trial(study.trials[0].params)
-    table = run(dataclasses.replace(config, trials=3))
+    table = searched(dataclasses.replace(config, trials=3))
     assert len(table) == 3 and table.arch.iloc[1] == first.arch.iloc[0]
     assert table.duplicate_of.iloc[1] == 0 and table.train_seconds.iloc[1] == 0
     assert table.accuracy.iloc[1] == table.accuracy.iloc[0]
     assert (table.state == "COMPLETE").all()
-    assert table.epoch_accuracies.map(lambda text: len(json.loads(text))).eq(3).all()
+    assert table.epoch_accuracies.map(len).eq(3).all()
 
 
 @pytest.mark.parametrize("backend", ["optuna", pytest.param("ray", marks=pytest.mark.slow)])
@@ -317,12 +331,12 @@ def test_a_search_whose_trials_all_fail_the_same_way_stops(tmp_path: Path, backe
         proxy=ProxySettings(epochs=1, batch_size=10**7),
     )
     with pytest.raises(storage.RepeatedFailure, match="the last 3 trials all failed with: out of"):
-        run(config)
-    table = trial_table(config)
+        searched(config)
+    table = trial_table(config.out)
     assert 3 <= len(table) < 12 and (table.state == "FAIL").all()
     with pytest.raises(storage.RepeatedFailure):
-        run(config)
-    assert len(trial_table(config)) >= len(table) + 3
+        searched(config)
+    assert len(trial_table(config.out)) >= len(table) + 3
 
 
 @pytest.mark.parametrize(
@@ -352,8 +366,8 @@ def test_two_trials_at_a_time_share_the_study(tmp_path: Path) -> None:
     """Two worker processes on one journal (real trainings on digits): every slot used once,
     no trial twice, the folder still refuses another run."""
     config = tiny(trials=4, out=str(tmp_path / "run"), parallel=2)
-    table = run(config)
+    table = searched(config)
     assert len(table) == 4 and set(table.state) <= {"COMPLETE", "PRUNED"}
     assert (table.macs <= config.budget_macs).all()
-    with storage.folder_lock(config.out), pytest.raises(storage.FolderBusy):
-        run(dataclasses.replace(config, trials=6))
+    with folder_lock(config.out), pytest.raises(FolderBusy):
+        searched(dataclasses.replace(config, trials=6))

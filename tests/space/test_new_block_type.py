@@ -14,10 +14,11 @@ from torch import Tensor, nn
 from blocks import BLOCKS
 from blocks.formulas import Cost, conv
 from blocks.layers import Transition
-from blocks.registry import BlockOptions, SharedChoices, Stage, StagePlan, TrialLike
+from blocks.registry import BlockOptions, MapChoice, SharedChoices, Stage, StagePlan, TrialLike
 from reports.report import write_reports
 from search import pipeline
 from space.cost import count, estimate
+from space.geometry import blind_spots
 from space.sampling import block_types, sample
 from tests.conftest import tiny
 
@@ -53,6 +54,12 @@ class ToyStage(Stage):
     @classmethod
     def draw_options(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> ToyOptions:
         return ToyOptions(trial.suggest_categorical(f"s{stage}_toy_kernel", (3, 5)))
+
+    @classmethod
+    def map_choices(cls, stage: int, side: int) -> list[MapChoice]:
+        """A k x k kernel on a side x side map reaches min(k, 2 side - 1) taps a side."""
+        taps = tuple(f"{min(k, 2 * side - 1)}x{min(k, 2 * side - 1)} taps" for k in (3, 5))
+        return [MapChoice("toy kernel", (3, 5), taps)]
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, None]:
         x = self.transition(x)
@@ -97,6 +104,18 @@ def test_a_search_and_its_reports_take_it(toy: None, tmp_path: Path, fake_proxy:
     assert (tmp_path / "run" / "pareto.png").stat().st_size > 0
 
 
+def test_the_blind_spot_report_reads_it_from_the_type(toy: None) -> None:
+    """At 24 px stages 3 and 4 see 2x2 and 1x1 maps, where kernels 3 and 5 reach the same taps;
+    at 224 px every kernel choice stays distinct."""
+    at_24 = [phrase for phrase in blind_spots(24) if phrase.startswith("toy kernel")]
+    assert at_24 == [
+        "toy kernel in stage 3 (2px map): 3, 5 give 3x3 taps",
+        "toy kernel in stage 4 (1px map): 3, 5 give 1x1 taps",
+    ]
+    assert not [phrase for phrase in blind_spots(224) if phrase.startswith("toy kernel")]
+
+
 def test_unregistered_again_it_is_gone() -> None:
     assert "toy" not in block_types()
     assert "toy" not in BLOCKS
+    assert not [phrase for phrase in blind_spots(24) if "toy" in phrase]

@@ -1,4 +1,4 @@
-"""Every preset rebuilt and checked against its published size (SPEC section 9)."""
+"""Every preset rebuilt and checked against its published size."""
 
 from __future__ import annotations
 

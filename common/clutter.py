@@ -22,6 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from common.fields import check_integer
+
 __all__ = ["Clutter", "Layout", "compose", "draw_layout", "layout_seed"]
 
 
@@ -36,12 +38,9 @@ class Clutter:
     fresh: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("side", "pieces", "crop"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"clutter {name} must be a non-negative integer, got {value!r}")
-        if self.crop < 1:
-            raise ValueError(f"clutter crop must be at least 1 pixel, got {self.crop}")
+        check_integer("clutter side", self.side, 0)
+        check_integer("clutter pieces", self.pieces, 0)
+        check_integer("clutter crop", self.crop)
 
     def check(self, digit_side: int) -> None:
         """Raise ValueError unless the canvas holds a digit and a crop fits in a digit."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from search import data
+from common import datasets as data
 
 
 @pytest.mark.parametrize(("name", "size", "n_val"), [("mnist5k", 28, 1000), ("digits", 8, 359)])

@@ -9,10 +9,10 @@ import torch
 from blocks import build_model
 from blocks.backbone import plan_stages
 from search.config import SearchConfig
-from search.geometry import visible_choices
 from search.proxy import ProxySettings
 from space import presets
 from space.cost import count
+from space.geometry import visible_choices
 
 
 def distinct(resolution: int) -> dict[tuple[str, int], int]:

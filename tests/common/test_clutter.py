@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from search import clutter as cl
-from search import data
-from search.data import ImageData, ImageTensorDataset
+from common import clutter as cl
+from common import datasets as data
+from common.datasets import ImageData, ImageTensorDataset
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 

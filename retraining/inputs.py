@@ -1,4 +1,4 @@
-"""The retraining's input pipeline: the search's datasets (``search.data``) through timm's
+"""The retraining's input pipeline: the search's datasets (``common.datasets``) through timm's
 ImageNet transforms, and timm's Mixup/CutMix.
 
 Images are decoded to PIL, grey ones made RGB, then augmented by ``timm.data.create_transform``
@@ -24,7 +24,7 @@ __all__ = ["Transformed", "loader", "mixup", "seed_epoch", "transform"]
 
 
 class Transformed(Dataset):
-    """A ``search.data`` set (uint8 (C, H, W) tensors) with a PIL transform applied."""
+    """A ``common.datasets`` set (uint8 (C, H, W) tensors) with a PIL transform applied."""
 
     def __init__(self, data: Dataset, transform: Any) -> None:
         self.data, self.transform = data, transform

@@ -1,5 +1,6 @@
-"""The one check for unknown keys, shared by every typed value built from a dict (genotypes,
-block options, the run configuration): an unknown key is an error that lists the known ones."""
+"""The checks every typed value shares: unknown keys in a dict it is built from (genotypes, block
+options, the run configuration) are an error that lists the known ones, and an integer field is
+checked by ``check_integer`` (booleans are not integers)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_values", "field_names", "reject_unknown"]
+__all__ = ["check_integer", "check_values", "field_names", "reject_unknown"]
 
 Rule = tuple[Callable[[float], bool], str]  # a test of a number and how it reads: (v > 0, "> 0")
 
@@ -32,13 +33,18 @@ def reject_unknown(
         )
 
 
+def check_integer(name: str, value: Any, low: int = 1) -> None:
+    """Raise ``ValueError`` ("{name} must be an integer >= {low}, got ...") unless ``value`` is an
+    integer (not a bool) of at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def check_values(value: Any, integers: Iterable[str], numbers: Mapping[str, Rule]) -> None:
     """Raise ``ValueError`` naming the first field of ``value`` that is not an integer >= 1
     (``integers``) or not a finite number passing its rule (``numbers``)."""
     for name in integers:
-        item = getattr(value, name)
-        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {item!r}")
+        check_integer(name, getattr(value, name))
     for name, (ok, rule) in numbers.items():
         item = getattr(value, name)
         number = isinstance(item, (int, float)) and not isinstance(item, bool)

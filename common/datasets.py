@@ -8,7 +8,7 @@
     clutter[@SxPxC[,fresh|,fixed]]
                      mnist5k's digits on an S x S canvas among P crops (C x C) of other digits of
                      the same split, the training canvases drawn afresh each epoch or fixed
-                     (``search.clutter``; default ``CLUTTER``); generated, nothing stored
+                     (``common.clutter``; default ``CLUTTER``); generated, nothing stored
     cifar10:PATH     CIFAR-10's python-pickle folder (cifar-10-batches-py, or its parent)
     cifar100:PATH    CIFAR-100's python-pickle folder (cifar-100-python, or its parent)
     folder:PATH      class sub-folders of images (PATH/train and PATH/val if present, else a
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from search.clutter import Clutter, compose, draw_layout, layout_seed
+from common.clutter import Clutter, compose, draw_layout, layout_seed
 
 __all__ = [
     "CLUTTER",
@@ -69,7 +69,7 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fash
 FASHION_PACKAGE = "dataset-fashion-mnist"
 # Per class, from Fashion-MNIST's 60,000 training images (the 10,000 test images stay unseen):
 # 500 to train (5,000: one proxy epoch costs what mnist5k's 4,000 did, 1.25x) and 200 to
-# validate (2,000: one image is 0.05 points). README "Datasets" has the measurements.
+# validate (2,000: one image is 0.05 points). ``docs/data.md`` has the measurements.
 FASHION_TRAIN_PER_CLASS = 500
 FASHION_VAL_PER_CLASS = 200
 # The default cluttered task, chosen by a pilot (docs/data.md): on a 60 px canvas one proxy epoch
@@ -101,7 +101,7 @@ class ImageTensorDataset(TensorDataset):
 
 
 class ClutteredDigits(ImageTensorDataset):
-    """Cluttered canvases of a pool of digits (``search.clutter``): canvas i shows pool digit
+    """Cluttered canvases of a pool of digits (``common.clutter``): canvas i shows pool digit
     ``targets[i]``. ``images`` holds the fixed set (layout seed ``seed``); ``draw`` builds it,
     or with ``epoch`` a fresh layout for that epoch, on any device. ``fresh`` (the clutter's)
     says whether a training draws every epoch anew (the proxy asks ``draw(device, epoch)``).

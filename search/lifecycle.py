@@ -1,0 +1,55 @@
+"""The study's lifecycle around a backend, once for every backend.
+
+``run_trials``: the data and the budget checked before the run folder is touched (``check``),
+the folder locked (by the caller when it goes on to more steps under the same lock:
+``check``, then ``run_trials_locked``), the study opened, the trials
+a dead process left running failed and queued again, the backend's trials run, the same recovery
+for trials the backend left running (Ray's, when its experiment stops), and the check that the
+same failure did not repeat.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from common import datasets
+from common.lock import folder_lock
+from search import backends, storage
+from search.config import SearchConfig
+from search.records import OnTrial
+from space.sampling import check_budget
+
+__all__ = ["check", "run_trials", "run_trials_locked"]
+
+
+def run_trials(config: SearchConfig, on_trial: OnTrial | None = None) -> None:
+    """Run (or continue) the search ``config`` describes with its backend, until its trial slots
+    are used, holding the run folder's lock; ``search.storage.trial_table`` reads the trials
+    back. ``RepeatedFailure`` when the same failure repeats."""
+    check(config)
+    with folder_lock(config.out):
+        run_trials_locked(config, on_trial)
+
+
+def check(config: SearchConfig) -> None:
+    """``ValueError`` for a dataset that does not load or a budget below the space's smallest
+    architecture (the data loads once per process: ``common.datasets.load`` keeps it)."""
+    datasets.load(config.data)
+    check_budget(config.budget_macs, config.resolution)
+
+
+def run_trials_locked(config: SearchConfig, on_trial: OnTrial | None = None) -> None:
+    """``run_trials`` for a caller that holds the run folder's lock (the pipeline, which goes
+    on to its steps under it), after ``check``."""
+    backend = backends.get(config.backend)
+    journal = storage.journal(config.out)
+    study = storage.open_study(journal, optuna.samplers.RandomSampler())
+    first = len(study.trials)  # trials of this run (redone ones too) number from here
+    storage.recover_interrupted(study, journal)
+    backend.run_trials(config, first, on_trial)
+    # Trials still running when the backend stopped (Ray's, say) are redone by the next run.
+    study = storage.load_study(config.out)
+    storage.recover_interrupted(study, journal)
+    if on_trial is not None:
+        on_trial(*storage.progress(study))
+    storage.check_failures(study, first, config.max_repeated_failures)
