@@ -80,3 +80,29 @@ def test_the_pilot_keeps_its_rows_per_dataset_and_reuses_them(
     assert all(len((tmp_path / name).read_text().splitlines()) == 2 for name in files)
     with pytest.raises(SystemExit):
         pilot.main(["--data", "clutter@10"])
+
+
+def test_the_latency_benchmark_keeps_its_rows_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import importlib.util
+
+    from space import presets
+
+    where = importlib.util.spec_from_file_location("latency_bench", ROOT / "benchmarks/latency.py")
+    bench = importlib.util.module_from_spec(where)
+    where.loader.exec_module(bench)
+
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "TABLES", tmp_path / "tables")
+    monkeypatch.setattr(presets, "names", lambda: ("cmt_ti",))
+    target = bench.Target("cpu", 1, 1)
+    rows = bench.run(target, 2, 600_000_000)
+    assert [row["name"] for row in rows] == ["cmt_ti", "sampled 0", "sampled 1"]
+    assert all(row["predicted_ms"] > 0 and row["measured_ms"] > 0 for row in rows)
+    assert rows[0]["units_measured"] > 0
+    bench.report(rows)
+    out = capsys.readouterr().out
+    assert "within 10%" in out and "faster than measuring" in out
+    again = bench.run(target, 2, 600_000_000)
+    assert again == rows and "predicted" not in capsys.readouterr().out.split("fingerprint")[0]

@@ -1,0 +1,175 @@
+"""Latency predicted from the per-machine unit table against latency measured, for every preset
+and sampled genotypes within a MAC budget.
+
+    python benchmarks/latency.py                                   # CPU eager, batch 1, 100 sampled
+    python benchmarks/latency.py --device onnxruntime              # ONNX Runtime's CPU provider
+    python benchmarks/latency.py --batch 32 --archs 0              # the presets only, batch 32
+
+Each network is predicted from the unit table (``latency.predict.predict_ms``, measuring the units
+the table lacks) and then measured whole (``latency.predict.measure``). Rows are appended to
+``benchmarks/results/latency-<device>-b<batch>.jsonl`` as they end, keyed by name, genotype and the
+machine's fingerprint, so a rerun only measures what is missing; the unit table itself lives in
+``benchmarks/results/latency-tables/`` (one file per fingerprint). The report gives the share of
+networks predicted within +-5% and +-10% of their measured latency, the RMSE, the same after a
+linear correction (measured = a x predicted + b, fitted leaving each network out), the
+predictor's time against measuring, and the table's build time. Run it on an idle machine: any
+other work on the cores moves both figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+
+from latency.predict import measure, predict_ms  # noqa: E402
+from latency.table import LatencyTable  # noqa: E402
+from latency.target import TARGETS, Target  # noqa: E402
+from space import presets  # noqa: E402
+from space.cost import estimate, parse_budget  # noqa: E402
+from space.genotype import ArchSpec  # noqa: E402
+from space.sampling import sample  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+TABLES = RESULTS / "latency-tables"
+
+
+def networks(count: int, budget: int) -> list[tuple[str, ArchSpec]]:
+    """Every preset, then ``count`` genotypes drawn by Optuna's RandomSampler (seed 0) within
+    ``budget`` MACs."""
+    found = [(name, presets.get(name)) for name in presets.names()]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return found + [(f"sampled {i}", sample(study.ask(), budget)) for i in range(count)]
+
+
+def results_path(target: Target) -> Path:
+    return RESULTS / f"latency-{target.device}-b{target.batch}.jsonl"
+
+
+def _row(name: str, arch: ArchSpec, table: LatencyTable, target: Target) -> dict:
+    """Predict (measuring missing units), predict again from the full table (the predictor's
+    own time), then measure the whole network."""
+    units_before, seconds_before = table.measured, table.measure_seconds
+    predicted = predict_ms(arch, table)
+    started = time.perf_counter()
+    predict_ms(arch, table)
+    predict_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    measured = measure(arch, target)
+    return {
+        "name": name,
+        "arch": arch.to_json(),
+        "fingerprint": table.fingerprint.key,
+        "macs": estimate(arch).macs,
+        "predicted_ms": predicted,
+        "measured_ms": measured.median_ms,
+        "q1_ms": measured.q1_ms,
+        "q3_ms": measured.q3_ms,
+        "repeats": measured.repeats,
+        "predict_seconds": predict_seconds,
+        "measure_seconds": time.perf_counter() - started,
+        "units_measured": table.measured - units_before,
+        "unit_seconds": table.measure_seconds - seconds_before,
+    }
+
+
+def run(target: Target, count: int, budget: int) -> list[dict]:
+    """Every network's row, measuring what the results file lacks."""
+    table = LatencyTable(target, TABLES)
+    path = results_path(target)
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["name"], row["arch"], row["fingerprint"])] = row
+    rows = []
+    for name, arch in networks(count, budget):
+        key = (name, arch.to_json(), table.fingerprint.key)
+        if key not in done:
+            done[key] = _row(name, arch, table, target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as handle:
+                handle.write(json.dumps(done[key]) + "\n")
+            row = done[key]
+            print(
+                f"{name}: predicted {row['predicted_ms']:.1f} ms, measured "
+                f"{row['measured_ms']:.1f} ms ({row['units_measured']} units measured)",
+                flush=True,
+            )
+        rows.append(done[key])
+    print(f"fingerprint: {table.fingerprint.describe()}")
+    return rows
+
+
+def _corrected(rows: list[dict]) -> list[float]:
+    """Each row's prediction after measured = a x predicted + b, fitted on the other rows."""
+    out = []
+    for i in range(len(rows)):
+        rest = rows[:i] + rows[i + 1 :]
+        xs, ys = [r["predicted_ms"] for r in rest], [r["measured_ms"] for r in rest]
+        fit = statistics.linear_regression(xs, ys)
+        out.append(fit.slope * rows[i]["predicted_ms"] + fit.intercept)
+    return out
+
+
+def summary(rows: list[dict], predicted: list[float]) -> dict[str, float]:
+    errors = [p / r["measured_ms"] - 1 for p, r in zip(predicted, rows, strict=True)]
+    squared = [(p - r["measured_ms"]) ** 2 for p, r in zip(predicted, rows, strict=True)]
+    return {
+        "within 5%": sum(abs(e) <= 0.05 for e in errors) / len(errors),
+        "within 10%": sum(abs(e) <= 0.10 for e in errors) / len(errors),
+        "rmse ms": math.sqrt(statistics.fmean(squared)),
+        "rmse %": 100 * math.sqrt(statistics.fmean(e * e for e in errors)),
+        "worst %": 100 * max(errors, key=abs),
+    }
+
+
+def report(rows: list[dict]) -> None:
+    print("| network | GMACs | predicted ms | measured ms (IQR) | error |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        error = row["predicted_ms"] / row["measured_ms"] - 1
+        print(
+            f"| {row['name']} | {row['macs'] / 1e9:.2f} | {row['predicted_ms']:.1f} | "
+            f"{row['measured_ms']:.1f} ({row['q1_ms']:.1f}-{row['q3_ms']:.1f}) | {error:+.1%} |"
+        )
+    if len(rows) < 3:
+        return
+    for label, predicted in (
+        ("summed units", [r["predicted_ms"] for r in rows]),
+        ("with the linear correction (leave-one-out)", _corrected(rows)),
+    ):
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in summary(rows, predicted).items())
+        print(f"{label}: {figures}")
+    speedup = statistics.median(r["measure_seconds"] / r["predict_seconds"] for r in rows)
+    print(
+        f"predicting from the built table is {speedup:,.0f}x faster than measuring (median); "
+        f"table: {sum(r['units_measured'] for r in rows)} units measured in "
+        f"{sum(r['unit_seconds'] for r in rows):.0f} s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=TARGETS)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="0: all of PyTorch's threads")
+    parser.add_argument("--archs", type=int, default=100, help="sampled genotypes")
+    parser.add_argument("--budget", default="4GFLOPs")
+    args = parser.parse_args()
+    target = Target(args.device, args.batch, args.threads)
+    report(run(target, args.archs, parse_budget(args.budget)))
+
+
+if __name__ == "__main__":
+    main()

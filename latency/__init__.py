@@ -1,0 +1,1 @@
+"""Inference latency: measured on a target, predicted from a per-machine table of unit latencies."""
