@@ -71,6 +71,10 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
         if config.backend == "optuna" or config.gpus_per_trial == 0:
             resolve_device(config.device)  # on a Ray cluster the GPUs may be elsewhere
         datasets.load(config.data)
+        if config.latency_target() is not None:
+            from search.latency_limit import check_limit
+
+            check_limit(config)
     except ValueError as error:
         raise UsageError(str(error)) from None
     check_folder(config)

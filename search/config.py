@@ -19,9 +19,10 @@ from typing import Any
 from common.cli import add_option, setting
 from common.datasets import NAMES as DATASET_NAMES
 from common.fields import check_integer, field_names, reject_unknown
+from latency.target import TARGETS, Target
 from search.backends import BACKENDS
 from search.proxy import MIN_PROXY_RESOLUTION, ProxySettings
-from space.cost import parse_budget
+from space.cost import parse_budget, parse_latency
 from space.genotype import MIN_RESOLUTION
 
 __all__ = ["SAMPLERS", "SCALING", "SearchConfig", "add_options", "from_options"]
@@ -80,6 +81,22 @@ class SearchConfig:
         "--no-prune: train every trial to its last epoch (early stopping off)",
         defines_search=True,
     )
+    latency_device: str | None = setting(
+        None,
+        "measure inference latency on cpu (PyTorch eager), onnxruntime (its CPU provider) or "
+        "cuda, and search it as an objective beside accuracy and MACs (default: off)",
+        choices=TARGETS,
+        defines_search=True,
+    )
+    latency_batch: int = setting(
+        1, "batch size latency is measured at (default %(default)s)", defines_search=True
+    )
+    latency_budget: str | None = setting(
+        None,
+        "hard latency limit like the MAC budget, e.g. 30ms or 0.03s; needs --latency-device "
+        "(default: none)",
+        defines_search=True,
+    )
     out: str = setting("runs/search", "run folder (default %(default)s); rerun to resume")
     seed: int = setting(
         0, "seed of the sampler and the proxy (default %(default)s)", defines_search=True
@@ -131,6 +148,7 @@ class SearchConfig:
             raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        self._check_latency()
         check_integer("parallel", self.parallel, 0)
         check_integer("max_repeated_failures", self.max_repeated_failures)
 
@@ -144,9 +162,37 @@ class SearchConfig:
             for name in text.split(","):
                 presets.get(name.strip())
 
+    def _check_latency(self) -> None:
+        if self.latency_device is not None and self.latency_device not in TARGETS:
+            raise ValueError(
+                f"latency_device must be one of {', '.join(TARGETS)}, got {self.latency_device!r}"
+            )
+        check_integer("latency_batch", self.latency_batch)
+        if self.latency_budget is not None:
+            parse_latency(self.latency_budget)
+            if self.latency_device is None:
+                raise ValueError("a latency budget needs a latency device (--latency-device)")
+
     @property
     def budget_macs(self) -> int:
         return parse_budget(self.budget)
+
+    @property
+    def latency_limit_ms(self) -> float | None:
+        """The latency budget in milliseconds, or None without one."""
+        return None if self.latency_budget is None else parse_latency(self.latency_budget)
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The study's objectives: accuracy (up) and MACs (down), and latency in ms (down) when
+        a latency device is set."""
+        return ("accuracy", "macs", "latency_ms") if self.latency_device else ("accuracy", "macs")
+
+    def latency_target(self) -> Target | None:
+        """The latency target (``ValueError`` when its device cannot be used here), or None."""
+        if self.latency_device is None:
+            return None
+        return Target(self.latency_device, self.latency_batch)
 
     def proxy_for(self, resolution: int) -> ProxySettings:
         """The proxy recipe of a model whose target input is ``resolution``: its proxy input
@@ -183,11 +229,12 @@ class SearchConfig:
         (the budget compared in MACs)."""
         changed = []
         for name, value, before in _settings_that_define(self, previous):
-            same = (
-                parse_budget(value) == parse_budget(before)
-                if name == "budget"
-                else (value == before)
-            )
+            if name == "budget":
+                same = parse_budget(value) == parse_budget(before)
+            elif name == "latency_budget" and value is not None and before is not None:
+                same = parse_latency(value) == parse_latency(before)
+            else:
+                same = value == before
             if not same:
                 changed.append(f"{name}={before!r}")
         return changed

@@ -43,7 +43,7 @@ def run_trials_locked(config: SearchConfig, on_trial: OnTrial | None = None) -> 
     on to its steps under it), after ``check``."""
     backend = backends.get(config.backend)
     journal = storage.journal(config.out)
-    study = storage.open_study(journal, optuna.samplers.RandomSampler())
+    study = storage.open_study(journal, optuna.samplers.RandomSampler(), config.objectives)
     first = len(study.trials)  # trials of this run (redone ones too) number from here
     storage.recover_interrupted(study, journal)
     backend.run_trials(config, first, on_trial)

@@ -84,7 +84,7 @@ def _work(
         workers.share_cores(processes, resolve_device(config.device))
     data = datasets.load(config.data)
     journal = storage.journal(config.out)
-    study = storage.open_study(journal, trial.sampler(config, seed))
+    study = storage.open_study(journal, trial.sampler(config, seed), config.objectives)
     pruner = DominancePruner() if config.prune else None
     ask_lock = filelock.FileLock(Path(config.out) / ".ask.lock")
     while True:

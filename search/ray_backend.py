@@ -57,9 +57,9 @@ class _StudySearch(OptunaSearch):
     trial the scheduler stopped before its last epoch (``OptunaSearch`` itself tells both as
     COMPLETE when they had reported once)."""
 
-    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, epochs: int, objectives: tuple[str, ...], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.epochs = epochs
+        self.epochs, self.objectives = epochs, objectives
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -72,7 +72,7 @@ class _StudySearch(OptunaSearch):
             asked.set_user_attr("fail_reason", f"stopped by ASHA after epoch {done}")
             self._ot_study.tell(asked, state=TrialState.PRUNED)
         else:
-            self._ot_study.tell(asked, [result["accuracy"], result["macs"]])
+            self._ot_study.tell(asked, [result[name] for name in self.objectives])
         self._completed_trials.add(trial_id)
 
 
@@ -126,10 +126,11 @@ def _trainable(params: dict[str, Any], *, config: SearchConfig) -> None:
     arch = ArchSpec.from_json(params["arch"])
     journal = storage.journal(config.out)
     study = optuna.load_study(study_name=storage.STUDY_NAME, storage=journal)
-    macs = float(study.trials[params["number"]].user_attrs["macs"])
+    stored = study.trials[params["number"]].user_attrs
+    costs = {name: float(stored[name]) for name in config.objectives[1:]}  # MACs, latency
 
     def report(epoch: int, accuracy: float) -> None:
-        tune.report({"accuracy": accuracy, "macs": macs, "epoch": epoch + 1})
+        tune.report({"accuracy": accuracy, **costs, "epoch": epoch + 1})
 
     attrs = trial.StoredTrial(journal, params["number"])
     device = "cuda" if config.gpus_per_trial > 0 else config.device
@@ -154,12 +155,13 @@ def _packed(config: SearchConfig) -> SearchConfig:
 def _tuner(config: SearchConfig, slots: int, experiment: str, watch: _Watch) -> Any:
     search = _StudySearch(
         space=functools.partial(_space, config=config),
-        metric=["accuracy", "macs"],
-        mode=["max", "min"],
+        metric=list(config.objectives),
+        mode=[storage.DIRECTIONS[name][:3] for name in config.objectives],
         sampler=trial.sampler(config, config.seed + storage.trial_count(config.out)),
         study_name=storage.STUDY_NAME,
         storage=storage.journal(config.out),
         epochs=config.proxy.epochs,
+        objectives=config.objectives,
     )
     scheduler = (
         ASHAScheduler(

@@ -30,7 +30,8 @@ class TrialRecord:
 
     ``accuracy`` is the proxy's last validation top-1 (for a pruned trial, at the epoch it was
     stopped); ``epoch_accuracies`` the validation top-1 after every epoch run; ``macs`` and
-    ``params`` are the architecture's at its target resolution (fvcore's count); ``arch`` is
+    ``params`` are the architecture's at its target resolution (fvcore's count); ``latency_ms``
+    its predicted latency on the run's latency target (None without one); ``arch`` is
     None for a trial that failed before its architecture was defined. ``duplicate_of`` names
     the trial whose result was reused for the same architecture.
     """
@@ -42,6 +43,7 @@ class TrialRecord:
     blocks: str = ""
     params: int | None = None
     macs: int | None = None
+    latency_ms: float | None = None
     accuracy: float | None = None
     epoch_accuracies: tuple[float, ...] = ()
     train_seconds: float | None = None

@@ -28,6 +28,7 @@ from space.genotype import ArchSpec
 
 __all__ = [
     "ATTRS",
+    "DIRECTIONS",
     "INTERRUPTED",
     "STUDY_NAME",
     "RepeatedFailure",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 STUDY_NAME = "search"
+DIRECTIONS = {"accuracy": "maximize", "macs": "minimize", "latency_ms": "minimize"}
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
 # The user attributes a trial stores, written by the shared trial code (``search.trial``).
 ATTRS = (
@@ -56,6 +58,7 @@ ATTRS = (
     "blocks",
     "macs",
     "params",
+    "latency_ms",
     "epoch_accuracies",
     "train_seconds",
     "fail_reason",
@@ -70,20 +73,24 @@ def journal(out: str | Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(Path(out) / "study.journal")))
 
 
-def open_study(storage: JournalStorage, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+def open_study(
+    storage: JournalStorage,
+    sampler: optuna.samplers.BaseSampler,
+    objectives: tuple[str, ...] = ("accuracy", "macs"),
+) -> optuna.Study:
     """The run folder's study in ``storage`` (``journal(out)``), created on first use with its
-    two objectives named."""
+    objectives (``SearchConfig.objectives``) named and directed (``DIRECTIONS``)."""
     study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage,
         sampler=sampler,
-        directions=["maximize", "minimize"],
+        directions=[DIRECTIONS[name] for name in objectives],
         load_if_exists=True,
     )
     if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["accuracy", "macs"])
+            study.set_metric_names(list(objectives))
     return study
 
 
@@ -188,6 +195,7 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         blocks=attrs.get("blocks", ""),
         params=attrs.get("params"),
         macs=attrs.get("macs"),
+        latency_ms=attrs.get("latency_ms"),
         accuracy=accuracy,
         epoch_accuracies=epochs,
         train_seconds=attrs.get("train_seconds"),

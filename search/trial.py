@@ -3,8 +3,9 @@
 A backend runs each trial in this order:
 
 1. ``define(trial, config)``, where the study is asked for a trial: draws an architecture
-   within the budget (``space.sampling.sample``), stores it and its cost in the trial's user
-   attributes and gives the samplers the budget constraint;
+   within the budget (``space.sampling.sample``; with a latency limit, scaled down until its
+   predicted latency keeps it: ``search.latency_limit``), stores it, its cost and its predicted
+   latency in the trial's user attributes and gives the samplers the budget constraints;
 2. ``evaluate(attrs, study, config, data, report)``, where the trial trains: reuses the result of
    the same architecture already trained in the study, or proxy-trains it, passing each
    epoch's accuracy to ``report(epoch, accuracy)`` (a pruner may stop the trial there), and
@@ -26,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from common.datasets import ImageData
-from search import proxy
+from search import latency_limit, proxy
 from search.config import SearchConfig
 from search.pruning import TrialStopped
 from search.storage import completed, trial_id
@@ -60,11 +61,11 @@ class StoredTrial:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What to tell the study: ``values`` (accuracy, MACs) for a COMPLETE trial, else the
-    state and its reason."""
+    """What to tell the study: ``values`` (``SearchConfig.objectives``: accuracy, MACs and,
+    with a latency device, latency in ms) for a COMPLETE trial, else the state and its reason."""
 
     state: TrialState
-    values: tuple[float, float] | None = None
+    values: tuple[float, ...] | None = None
     reason: str = ""
 
 
@@ -81,15 +82,23 @@ def sampler(config: SearchConfig, seed: int | None = None) -> optuna.samplers.Ba
 def define(trial: optuna.Trial, config: SearchConfig) -> ArchSpec:
     """Draw the trial's architecture and store it, its cost and the budget constraint."""
     arch = sample(trial, config.budget_macs, config.resolution)
+    if config.latency_device is not None:
+        arch = latency_limit.within_limit(arch, config)
     cost = estimate(arch)
     trial.set_constraint("macs_over_budget", cost.macs - config.budget_macs)
-    for key, value in (
+    attrs = [
         ("backend", config.backend),
         ("arch", arch.to_json()),
         ("blocks", arch.block_mix),
         ("macs", cost.macs),
         ("params", cost.params),
-    ):
+    ]
+    if config.latency_device is not None:
+        latency = latency_limit.predicted_ms(arch, config)
+        attrs.append(("latency_ms", latency))
+        if config.latency_limit_ms is not None:
+            trial.set_constraint("latency_over_budget", latency - config.latency_limit_ms)
+    for key, value in attrs:
         trial.set_user_attr(key, value)
     return arch
 
@@ -108,15 +117,17 @@ def _reuse(twin: FrozenTrial, attrs: Attrs, report: Report | None) -> Outcome:
     attrs.set_user_attr("train_seconds", 0.0)
     for epoch, accuracy in enumerate(epochs if report is not None else []):
         report(epoch, accuracy)
-    return Outcome(TrialState.COMPLETE, (twin.values[0], twin.values[1]))
+    return Outcome(TrialState.COMPLETE, tuple(twin.values))
 
 
-def _outcome(result: proxy.ProxyResult, arch: ArchSpec) -> Outcome:
+def _outcome(result: proxy.ProxyResult, arch: ArchSpec, config: SearchConfig) -> Outcome:
     """What a finished training tells the study; the reason is kept (a retry at a lower
     learning rate says so on a COMPLETE trial too)."""
     if result.failed:
         return Outcome(TrialState.FAIL, reason=result.reason)
     values = (result.accuracy, float(estimate(arch).macs))
+    if config.latency_device is not None:
+        values += (latency_limit.predicted_ms(arch, config),)
     return Outcome(TrialState.COMPLETE, values, reason=result.reason)
 
 
@@ -172,7 +183,7 @@ def evaluate(
         outcome = Outcome(TrialState.FAIL, reason=f"{type(error).__name__}: {error}")
     else:
         attrs.set_user_attr("epoch_accuracies", list(result.epoch_accuracies))
-        outcome = _outcome(result, arch)
+        outcome = _outcome(result, arch, config)
     attrs.set_user_attr("train_seconds", time.perf_counter() - started)
     if outcome.reason:
         attrs.set_user_attr("fail_reason", outcome.reason)

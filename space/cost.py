@@ -45,6 +45,7 @@ __all__ = [
     "estimate",
     "mac_analysis",
     "parse_budget",
+    "parse_latency",
     "sdpa_macs",
 ]
 
@@ -162,3 +163,24 @@ def parse_budget(text: str) -> int:
     if not math.isfinite(value) or value < 1:
         raise ValueError(f"the budget {text!r} must be a positive number of MACs")
     return round(value)
+
+
+_LATENCY = re.compile(
+    r"^\s*(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>ms|s|us)?\s*$", re.IGNORECASE
+)
+_SECONDS_TO_MS = {"ms": 1.0, "s": 1e3, "us": 1e-3}
+
+
+def parse_latency(text: str) -> float:
+    """Parse a latency limit into milliseconds: ``30ms``, ``30 ms``, ``0.03s``, ``500us``, or a
+    bare number of milliseconds. Anything else, or zero, raises ``ValueError`` quoting it."""
+    match = _LATENCY.match(str(text))
+    if match is None:
+        raise ValueError(
+            f"cannot read the latency budget {text!r}: write a time with an optional unit, "
+            f"e.g. 30ms, 0.03s or 500us (a bare number is milliseconds)"
+        )
+    value = float(match["number"]) * _SECONDS_TO_MS[(match["unit"] or "ms").lower()]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the latency budget {text!r} must be a positive time")
+    return value

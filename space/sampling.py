@@ -32,7 +32,10 @@ __all__ = [
     "block_types",
     "check_budget",
     "largest_macs",
+    "largest_within",
     "sample",
+    "scaled",
+    "smallest",
     "smallest_macs",
 ]
 
@@ -89,7 +92,7 @@ def _build(stem_width: int, resolution: int, stages: list[tuple[str, dict[str, A
     )
 
 
-def _scaled(arch: ArchSpec, phi: float) -> ArchSpec:
+def scaled(arch: ArchSpec, phi: float) -> ArchSpec:
     """Compound scaling at the architecture's own resolution: depth 1.2^phi, width 1.3^phi."""
     return scale_by(arch, depth=ALPHA**phi, width=BETA**phi)
 
@@ -97,11 +100,11 @@ def _scaled(arch: ArchSpec, phi: float) -> ArchSpec:
 def _fit(arch: ArchSpec, budget_macs: int) -> ArchSpec | None:
     """The largest compound scaling of ``arch`` within the budget, then single-stage steps up
     while they fit; None if even the smallest scaling is over."""
-    scaled = functools.partial(_scaled, arch)
-    phi = largest_phi(lambda p: estimate(scaled(p)).macs, budget_macs, FIT_LOW, FIT_HIGH)
+    at_phi = functools.partial(scaled, arch)
+    phi = largest_phi(lambda p: estimate(at_phi(p)).macs, budget_macs, FIT_LOW, FIT_HIGH)
     if phi is None:
         return None
-    return scaled(phi) if phi == FIT_HIGH else _grow(scaled(phi), budget_macs)
+    return at_phi(phi) if phi == FIT_HIGH else _grow(at_phi(phi), budget_macs)
 
 
 def _grow(arch: ArchSpec, budget_macs: int) -> ArchSpec:
@@ -144,7 +147,7 @@ def _smallest(resolution: int, blocks: tuple[str, ...]) -> ArchSpec:
     best, best_macs = None, None
     for mix in itertools.product(blocks, repeat=NUM_STAGES):
         stages = [(block, _cheapest_stage(block, i)) for i, block in enumerate(mix)]
-        arch = _scaled(_build(min(SPACE["stem_width"]), resolution, stages), FIT_LOW)
+        arch = scaled(_build(min(SPACE["stem_width"]), resolution, stages), FIT_LOW)
         macs = estimate(arch).macs
         if best_macs is None or macs < best_macs:
             best, best_macs = arch, macs
@@ -175,12 +178,24 @@ def _largest(resolution: int, blocks: tuple[str, ...]) -> ArchSpec:
             )
             for i, block in enumerate(mix)
         ]
-        arch = _scaled(_build(max(SPACE["stem_width"]), resolution, stages), FIT_HIGH)
+        arch = scaled(_build(max(SPACE["stem_width"]), resolution, stages), FIT_HIGH)
         macs = estimate(arch).macs
         if macs > best_macs:
             best, best_macs = arch, macs
     assert best is not None
     return best
+
+
+def smallest(resolution: int = 224) -> ArchSpec:
+    """The architecture of the space with the fewest MACs at ``resolution``."""
+    return _smallest(resolution, block_types())
+
+
+def largest_within(budget_macs: int, resolution: int = 224) -> ArchSpec:
+    """The space's largest architecture fitted to ``budget_macs`` (the smallest when even
+    that does not fit)."""
+    fitted = _fit(_largest(resolution, block_types()), budget_macs)
+    return fitted if fitted is not None else _smallest(resolution, block_types())
 
 
 def largest_macs(resolution: int = 224) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import pytest
@@ -23,6 +24,19 @@ def fake_train(
         if report is not None:
             report(epoch, accuracy)
     return ProxyResult(accuracies[-1], tuple(accuracies), 0.01, 1000.0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def latency_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Latency tables go to a folder of the test session, not the user's cache (subprocesses
+    inherit it)."""
+    before = os.environ.get("HYBRID_NAS_CACHE")
+    os.environ["HYBRID_NAS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["HYBRID_NAS_CACHE"]
+    else:
+        os.environ["HYBRID_NAS_CACHE"] = before
 
 
 @pytest.fixture

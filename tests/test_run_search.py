@@ -174,6 +174,21 @@ def existing_run(tmp_path: Path, fake_proxy: list) -> Path:
         (["--data", "fashion:/no/such/folder"], "apt-get install dataset-fashion-mnist"),
         (["--data", "clutter@20"], "the canvas (20 px) must be at least as large as a digit"),
         (["--trials", "0"], "trials must be an integer >= 1"),
+        (["--latency-budget", "30ms"], "a latency budget needs a latency device"),
+        (["--latency-device", "tpu"], "argument --latency-device: invalid choice: 'tpu'"),
+        (
+            ["--latency-device", "cpu", "--latency-budget", "fast"],
+            "cannot read the latency budget 'fast'",
+        ),
+        (
+            ["--budget", "0.6G", "--latency-device", "cpu", "--latency-budget", "1us"],
+            "latency budget of 0.001 ms is below the smallest architecture",
+        ),
+        (
+            ["--budget", "0.6G", "--latency-device", "cpu", "--latency-budget", "1000s"],
+            "latency budget of 1e+06 ms is above the largest architecture of the search space "
+            "within 0.6G",
+        ),
         (["--budget", "600M", "--seed", "1"], "holds a search made with seed=0; rerun with those"),
     ],
 )
@@ -229,6 +244,13 @@ def test_a_budget_above_the_space_is_refused_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 8, reason="needs cuda:9 to be absent")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_latency_on_a_missing_gpu_is_refused(tmp_path: Path) -> None:
+    done = cli("--data", "digits", "--latency-device", "cuda", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "CUDA is not available" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_missing_gpu_is_refused_before_anything_runs(tmp_path: Path) -> None:
     device = "cuda:0" if not torch.cuda.is_available() else "cuda:9"
     done = cli("--device", device, "--data", "digits", "--out", str(tmp_path / "run"))

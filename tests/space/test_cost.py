@@ -10,7 +10,7 @@ import torch
 from blocks import build_model, explicit_attention
 from blocks.layers import stage_size
 from space import presets
-from space.cost import count, count_model, mac_analysis, parse_budget
+from space.cost import count, count_model, mac_analysis, parse_budget, parse_latency
 
 
 @pytest.mark.parametrize(
@@ -41,6 +41,25 @@ def test_unreadable_budget_quotes_the_input(text: str) -> None:
 def test_zero_or_negative_budget(text: str) -> None:
     with pytest.raises(ValueError, match=f"{text!r} must be a positive"):
         parse_budget(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("30ms", 30.0), ("30 ms", 30.0), ("0.03s", 30.0), ("500us", 0.5), ("12.5", 12.5), ("2S", 2e3)],
+)
+def test_parse_latency(text: str, ms: float) -> None:
+    assert parse_latency(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "30 min", "-30ms", "ms"])
+def test_unreadable_latency_quotes_the_input(text: str) -> None:
+    with pytest.raises(ValueError, match=f"cannot read the latency budget {text!r}"):
+        parse_latency(text)
+
+
+def test_zero_latency_is_refused() -> None:
+    with pytest.raises(ValueError, match="'0ms' must be a positive time"):
+        parse_latency("0ms")
 
 
 def test_count_includes_attention_computed_by_the_fused_kernel() -> None:
