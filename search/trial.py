@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -69,6 +70,21 @@ class Outcome:
     reason: str = ""
 
 
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II that can be pickled: Optuna 5.1's sampler keeps a ``threading.Lock`` that does
+    not pickle, and Ray Tune pickles its searcher, sampler included, when the Tuner starts (every
+    Ray search failed with "cannot pickle '_thread.lock' object"). The lock is made anew."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def sampler(config: SearchConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     """The search's sampler: NSGA-II (population max(4, min(50, trials / 4)), so that small
     searches still evolve) or multivariate TPE, seeded with ``seed`` (default the run's)."""
@@ -76,7 +92,7 @@ def sampler(config: SearchConfig, seed: int | None = None) -> optuna.samplers.Ba
     if config.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     population = max(4, min(50, config.trials // 4))
-    return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    return PicklableNSGAII(population_size=population, seed=seed)
 
 
 def define(trial: optuna.Trial, config: SearchConfig) -> ArchSpec:
