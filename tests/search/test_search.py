@@ -371,3 +371,15 @@ def test_two_trials_at_a_time_share_the_study(tmp_path: Path) -> None:
     assert (table.macs <= config.budget_macs).all()
     with folder_lock(config.out), pytest.raises(FolderBusy):
         searched(dataclasses.replace(config, trials=6))
+
+
+@pytest.mark.parametrize("name", ["nsga2", "tpe"])
+def test_the_samplers_pickle_as_ray_tune_needs(name: str) -> None:
+    """Ray Tune pickles its searcher, sampler included, when the Tuner starts."""
+    import pickle
+
+    from search import trial
+
+    sampler = trial.sampler(tiny(sampler=name))
+    again = pickle.loads(pickle.dumps(sampler))
+    assert type(again) is type(sampler)
