@@ -12,9 +12,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from reports.tables import ParetoData, TradeoffData
+from reports.tables import LatencyData, ParetoData, TradeoffData
 
-__all__ = ["plot_pareto", "plot_tradeoff", "save"]
+__all__ = ["plot_latency", "plot_pareto", "plot_tradeoff", "save"]
 
 
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 0.5, 2, 40 rather than 5x10^-1
@@ -85,6 +85,45 @@ def plot_pareto(data: ParetoData, ax: Axes | None = None) -> Axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return ax
+
+
+def plot_latency(data: LatencyData, axes: tuple[Axes, Axes] | None = None) -> tuple[Axes, Axes]:
+    """Left: proxy accuracy against predicted latency, the front as a step line, the limit as a
+    vertical line. Right: predicted latency against GMACs, one colour per block type of stage
+    3 (the deepest), where the same MACs take different times."""
+    if axes is None:
+        figure = Figure(figsize=(13, 5))
+        axes = (figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2))
+    left, right = axes
+    left.scatter(data.scored.latency_ms, data.scored.accuracy, color="tab:blue", s=30, zorder=3)
+    if not data.front.empty:
+        left.step(
+            data.front.latency_ms,
+            data.front.accuracy,
+            where="post",
+            color="black",
+            marker="o",
+            markersize=10,
+            markerfacecolor="none",
+            label="front",
+        )
+    if data.limit_ms is not None:
+        left.axvline(data.limit_ms, color="crimson", linestyle="--", label="latency budget")
+    left.set_xlabel("predicted latency (ms)")
+    left.set_ylabel("proxy validation top-1")
+    left.set_title("Trials: proxy accuracy against latency")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    third = data.scored.blocks.str.split("-").str[2]
+    for block in sorted(third.unique()):
+        mine = data.scored[third == block]
+        right.scatter(mine.macs / 1e9, mine.latency_ms, s=30, label=f"stage 3: {block}")
+    right.set_xlabel("GMACs at the target resolution")
+    right.set_ylabel("predicted latency (ms)")
+    right.set_title("Latency against MACs")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    return left, right
 
 
 def plot_tradeoff(data: TradeoffData, axes: tuple[Axes, Axes] | None = None) -> tuple[Axes, Axes]:

@@ -21,6 +21,7 @@ from reports.tables import (
     baselines_table,
     comparison,
     family_table,
+    latency_data,
     noise,
     pareto_data,
     pareto_front,
@@ -49,6 +50,10 @@ FILES = {
     "tradeoff.png": "proxy accuracy against MACs and parameters: trials, front, both families",
     "trainings.jsonl": "every training after the search, as it ended (read on a rerun)",
     "study.journal": "the search's study, with either backend (optuna-dashboard opens it)",
+}
+LATENCY_FILES = {
+    "pareto-latency.csv": "the non-dominated trials (accuracy up, predicted latency down)",
+    "latency.png": "accuracy against predicted latency, and latency against MACs",
 }
 
 
@@ -296,6 +301,28 @@ def _trials_section(trials: pd.DataFrame) -> list[str]:
     return [*lines, "", "![pareto](pareto.png)", ""]
 
 
+def _latency_section(config: SearchConfig, results: Results) -> list[str]:
+    """The latency target and machine, the limit, and the accuracy-against-latency front."""
+    limit = config.latency_limit_ms
+    lines = [
+        "## Latency",
+        "",
+        f"Every trial's latency is predicted from this machine's table of measured units: "
+        f"{results.latency_machine or 'machine not recorded'}. "
+        + (f"The limit was {limit:g} ms; no trial was trained over it." if limit else "No limit.")
+        + " The front of accuracy against predicted latency:",
+        "",
+        "| trial | blocks | predicted ms | GMACs | proxy top-1 |",
+        "|---|---|---|---|---|",
+    ]
+    for row in pareto_front(results.trials, "latency_ms").itertuples():
+        lines.append(
+            f"| {row.number} | {row.blocks} | {row.latency_ms:.1f} | {_gmacs(row.macs)} "
+            f"| {row.accuracy:.1%} |"
+        )
+    return [*lines, "", "![latency](latency.png)", ""]
+
+
 def _method_section(config: SearchConfig) -> list[str]:
     recipe = config.proxy
     device = f"`{config.device}`" + (
@@ -347,10 +374,12 @@ def render(config: SearchConfig, results: Results) -> str:
             _best_section(results.best),
             _steps_sections(results),
         ]
+    files = {**FILES, **(LATENCY_FILES if config.latency_device else {})}
     sections += [
         _trials_section(results.trials),
+        _latency_section(config, results) if config.latency_device else [],
         _method_section(config),
-        ["## Files", "", *[f"- [{name}]({name}): {what}" for name, what in FILES.items()], ""],
+        ["## Files", "", *[f"- [{name}]({name}): {what}" for name, what in files.items()], ""],
     ]
     return "\n".join(line for section in sections for line in section)
 
@@ -372,5 +401,9 @@ def write_reports(out: str | Path, config: SearchConfig, results: Results) -> No
         baselines_table(results).to_csv(out / "baselines.csv", index=False)
         figure = plots.plot_tradeoff(tradeoff_data(results, config.budget_macs))
         plots.save(figure[0], str(out / "tradeoff.png"))
+    if config.latency_device is not None:
+        pareto_front(results.trials, "latency_ms").to_csv(out / "pareto-latency.csv", index=False)
+        axes = plots.plot_latency(latency_data(results.trials, config.latency_limit_ms))
+        plots.save(axes[0], str(out / "latency.png"))
     (out / "report.md").write_text(render(config, results))
     (out / "config.json").write_text(config.to_json() + "\n")

@@ -19,11 +19,13 @@ from space.genotype import ArchSpec
 
 __all__ = [
     "CMT_FAMILY",
+    "LatencyData",
     "Noise",
     "ParetoData",
     "baselines_table",
     "comparison",
     "family_table",
+    "latency_data",
     "noise",
     "pareto_data",
     "pareto_front",
@@ -49,15 +51,16 @@ FAMILY_COLUMNS = [
 ]
 
 
-def _scored(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[(trials.state == "COMPLETE") & trials.accuracy.notna() & trials.macs.notna()]
+def _scored(trials: pd.DataFrame, cost: str = "macs") -> pd.DataFrame:
+    return trials[(trials.state == "COMPLETE") & trials.accuracy.notna() & trials[cost].notna()]
 
 
-def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
-    """The completed trials no other completed trial beats on both accuracy (higher) and MACs
-    (lower), sorted by MACs; of equal (accuracy, MACs) points the first trial is kept."""
-    scored = _scored(trials).sort_values(
-        ["macs", "accuracy", "number"], ascending=[True, False, True]
+def pareto_front(trials: pd.DataFrame, cost: str = "macs") -> pd.DataFrame:
+    """The completed trials no other completed trial beats on both accuracy (higher) and
+    ``cost`` (lower: ``macs`` or ``latency_ms``), sorted by it; of equal points the first
+    trial is kept."""
+    scored = _scored(trials, cost).sort_values(
+        [cost, "accuracy", "number"], ascending=[True, False, True]
     )
     front, best = [], -1.0
     for index, row in scored.iterrows():
@@ -86,6 +89,19 @@ def pareto_data(trials: pd.DataFrame, budget_macs: int) -> ParetoData:
         pareto_front(trials),
         budget_macs,
     )
+
+
+class LatencyData(NamedTuple):
+    """What the latency figure draws: the trials with a predicted latency (scored ones and the
+    rest), the accuracy-against-latency front, and the latency limit in ms (None without)."""
+
+    scored: pd.DataFrame
+    front: pd.DataFrame
+    limit_ms: float | None
+
+
+def latency_data(trials: pd.DataFrame, limit_ms: float | None) -> LatencyData:
+    return LatencyData(_scored(trials, "latency_ms"), pareto_front(trials, "latency_ms"), limit_ms)
 
 
 def _status(row: Row) -> str:

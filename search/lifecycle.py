@@ -44,6 +44,9 @@ def run_trials_locked(config: SearchConfig, on_trial: OnTrial | None = None) -> 
     backend = backends.get(config.backend)
     journal = storage.journal(config.out)
     study = storage.open_study(journal, optuna.samplers.RandomSampler(), config.objectives)
+    target = config.latency_target()
+    if target is not None:
+        study.set_user_attr(storage.LATENCY_MACHINE, target.fingerprint().describe())
     first = len(study.trials)  # trials of this run (redone ones too) number from here
     storage.recover_interrupted(study, journal)
     backend.run_trials(config, first, on_trial)

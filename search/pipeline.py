@@ -96,6 +96,7 @@ class Results:
     family: list[Row]
     baselines: list[Row]
     noise: list[Row]
+    latency_machine: str | None = None
 
 
 def _job(step: str, label: str, arch: ArchSpec, config: SearchConfig, **facts: Any) -> Job:
@@ -271,9 +272,10 @@ class _Trainings:
 def _steps(config: SearchConfig, records: list[TrialRecord], trainings: _Trainings) -> Results:
     """Steps 2-5 after the search: plan, look up, train what is missing."""
     trials = to_frame(records)
+    machine = storage.load_study(config.out).user_attrs.get(storage.LATENCY_MACHINE)
     best = best_within_budget(records, config.budget_macs)
     if best is None:
-        return Results(trials, None, [], CMT_COEFFICIENTS, [], [], [])
+        return Results(trials, None, [], CMT_COEFFICIENTS, [], [], [], machine)
     s = best.arch
     searched = _search_training(best, config)
     trainings.done.setdefault(searched.key, searched)
@@ -293,6 +295,7 @@ def _steps(config: SearchConfig, records: list[TrialRecord], trainings: _Trainin
         trainings.rows(family_jobs()),
         trainings.rows(baseline_jobs),
         trainings.rows(noise_jobs),
+        machine,
     )
 
 

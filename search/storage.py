@@ -30,6 +30,7 @@ __all__ = [
     "ATTRS",
     "DIRECTIONS",
     "INTERRUPTED",
+    "LATENCY_MACHINE",
     "STUDY_NAME",
     "RepeatedFailure",
     "check_failures",
@@ -50,6 +51,7 @@ __all__ = [
 
 STUDY_NAME = "search"
 DIRECTIONS = {"accuracy": "maximize", "macs": "minimize", "latency_ms": "minimize"}
+LATENCY_MACHINE = "latency_machine"  # the study's note of where latency was measured
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
 # The user attributes a trial stores, written by the shared trial code (``search.trial``).
 ATTRS = (

@@ -59,3 +59,26 @@ def test_without_a_latency_device_the_study_keeps_two_objectives(
     run_trials(config)
     assert storage.load_study(config.out).metric_names == ["accuracy", "macs"]
     assert trial_table(config.out).latency_ms.isna().all()
+
+
+def test_the_reports_draw_the_latency_front_and_name_the_machine(
+    tmp_path: Path, fake_proxy: list
+) -> None:
+    import pandas as pd
+
+    from reports.report import write_reports
+    from search import pipeline
+
+    config = dataclasses.replace(
+        limited(tmp_path, "optuna"), trials=8, scaling="cmt", baselines="none"
+    )
+    results = pipeline.run(config)
+    write_reports(config.out, config, results)
+    out = Path(config.out)
+    front = pd.read_csv(out / "pareto-latency.csv")
+    assert len(front) >= 1 and front.latency_ms.is_monotonic_increasing
+    assert front.accuracy.is_monotonic_increasing
+    assert (out / "latency.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "## Latency" in report and "cpu (torch" in report and "threads on" in report
+    assert f"The limit was {config.latency_limit_ms:g} ms" in report
