@@ -52,6 +52,7 @@ FILES = {
     "study.journal": "the search's study, with either backend (optuna-dashboard opens it)",
 }
 LATENCY_FILES = {
+    "latency.jsonl": "S, the family and the baselines measured whole on the latency target",
     "pareto-latency.csv": "the non-dominated trials (accuracy up, predicted latency down)",
     "latency.png": "accuracy against predicted latency, and latency against MACs",
 }
@@ -320,7 +321,26 @@ def _latency_section(config: SearchConfig, results: Results) -> list[str]:
             f"| {row.number} | {row.blocks} | {row.latency_ms:.1f} | {_gmacs(row.macs)} "
             f"| {row.accuracy:.1%} |"
         )
-    return [*lines, "", "![latency](latency.png)", ""]
+    lines += ["", "![latency](latency.png)", ""]
+    if results.measured_ms and results.best is not None:
+        lines += [
+            "The searched family and CMT's measured whole on the same machine (median of the "
+            "timed calls; `latency.jsonl`):",
+            "",
+            "| size | searched ms | searched GMACs | CMT ms | CMT GMACs |",
+            "|---|---|---|---|---|",
+        ]
+        for row in family_table(results).itertuples():
+            lines.append(
+                f"| {row.variant} | {_ms(row.latency_ms)} | {_gmacs(row.macs)} "
+                f"| {_ms(row.cmt_latency_ms)} | {_gmacs(row.cmt_macs)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value:.1f}"
 
 
 def _method_section(config: SearchConfig) -> list[str]:

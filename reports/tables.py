@@ -153,8 +153,14 @@ def scaling_table(results: Results) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SCALING_COLUMNS)
 
 
+def _latency(results: Results, arch: ArchSpec) -> dict[str, float | None]:
+    """The network's measured latency when the run measured latency, else nothing."""
+    return {"latency_ms": results.measured_ms.get(arch.to_json())} if results.measured_ms else {}
+
+
 def baselines_table(results: Results) -> pd.DataFrame:
-    """One row per published preset trained under the same proxy, its published size beside."""
+    """One row per published preset trained under the same proxy, its published size beside
+    (and its measured latency when the run measured latency)."""
     rows = []
     for row in results.baselines:
         name = row.job.facts["preset"]
@@ -166,9 +172,11 @@ def baselines_table(results: Results) -> pd.DataFrame:
                 "published_params": published.params,
                 "published_macs": published.macs,
                 **_trained(row),
+                **_latency(results, row.job.arch),
             }
         )
-    return pd.DataFrame(rows, columns=BASELINE_COLUMNS)
+    extra = ["latency_ms"] if results.measured_ms else []
+    return pd.DataFrame(rows, columns=BASELINE_COLUMNS + extra)
 
 
 def family_table(results: Results) -> pd.DataFrame:
@@ -191,9 +199,12 @@ def family_table(results: Results) -> pd.DataFrame:
                 "cmt_params": published.params,
                 "cmt_macs": published.macs,
                 "cmt_accuracy": cmt[name].accuracy if name in cmt else None,
+                **_latency(results, row.job.arch),
+                **{f"cmt_{k}": v for k, v in _latency(results, presets.get(name)).items()},
             }
         )
-    return pd.DataFrame(rows, columns=FAMILY_COLUMNS)
+    extra = ["latency_ms", "cmt_latency_ms"] if results.measured_ms else []
+    return pd.DataFrame(rows, columns=FAMILY_COLUMNS + extra)
 
 
 class Noise(NamedTuple):

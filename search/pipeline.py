@@ -32,7 +32,7 @@ import pandas as pd
 from common import datasets
 from common.device import resolve_device
 from common.lock import folder_lock
-from search import lifecycle, proxy, storage, workers
+from search import lifecycle, measured, proxy, storage, workers
 from search.config import SearchConfig
 from search.records import OnTrial, TrialRecord, best_within_budget, to_frame
 from search.trainings import Training, TrainingLog, training_key
@@ -97,6 +97,7 @@ class Results:
     baselines: list[Row]
     noise: list[Row]
     latency_machine: str | None = None
+    measured_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _job(step: str, label: str, arch: ArchSpec, config: SearchConfig, **facts: Any) -> Job:
@@ -287,15 +288,21 @@ def _steps(config: SearchConfig, records: list[TrialRecord], trainings: _Trainin
 
     trainings.train_missing(scaling_jobs, baseline_jobs + noise_jobs, family_jobs)
     scaling = trainings.rows(scaling_jobs)
+    family = trainings.rows(family_jobs())
+    latencies = {}
+    if config.latency_device is not None:  # step 6: S, the family and the baselines, measured
+        archs = [s, *(row.job.arch for row in family), *(job.arch for job in baseline_jobs)]
+        latencies = measured.measured_ms(archs, config, measure_missing=trainings.may_train)
     return Results(
         trials,
         best,
         scaling,
         _chosen(scaling),
-        trainings.rows(family_jobs()),
+        family,
         trainings.rows(baseline_jobs),
         trainings.rows(noise_jobs),
         machine,
+        latencies,
     )
 
 

@@ -82,3 +82,31 @@ def test_the_reports_draw_the_latency_front_and_name_the_machine(
     report = (out / "report.md").read_text()
     assert "## Latency" in report and "cpu (torch" in report and "threads on" in report
     assert f"The limit was {config.latency_limit_ms:g} ms" in report
+
+
+def test_the_family_and_baselines_are_measured_once_after_the_search(
+    tmp_path: Path, fake_proxy: list
+) -> None:
+    import pandas as pd
+
+    from reports.report import write_reports
+    from search import measured, pipeline
+
+    config = dataclasses.replace(
+        limited(tmp_path, "optuna"), trials=4, scaling="cmt", baselines="cmt_ti"
+    )
+    results = pipeline.run(config)
+    write_reports(config.out, config, results)
+    out = Path(config.out)
+    lines = (out / measured.FILE).read_text().splitlines()
+    assert len(lines) == len(results.measured_ms) == 5  # S, Ti, XS, B (S once) and cmt_ti
+    family = pd.read_csv(out / "family.csv")
+    assert (
+        family.latency_ms.notna().all() and family.latency_ms.iloc[0] < family.latency_ms.iloc[-1]
+    )
+    assert family.cmt_latency_ms.notna().sum() == 1  # only CMT-Ti was a baseline
+    assert pd.read_csv(out / "baselines.csv").latency_ms.notna().all()
+    assert "measured whole on the same machine" in (out / "report.md").read_text()
+    again = pipeline.run(config)  # a rerun measures nothing it has
+    assert again.measured_ms == results.measured_ms
+    assert len((out / measured.FILE).read_text().splitlines()) == 5
