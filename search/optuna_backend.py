@@ -22,7 +22,7 @@ from common import datasets
 from common.device import resolve_device
 from search import storage, trial, workers
 from search.config import SearchConfig
-from search.pruning import DominancePruner, Finished
+from search.pruning import DominancePruner
 from search.records import OnTrial
 
 __all__ = ["OptunaBackend"]
@@ -32,10 +32,7 @@ def _pruner_report(
     study: optuna.Study, pruner: DominancePruner | None, macs: int, epochs: int
 ) -> trial.Report:
     """The per-epoch hook of one trial: the dominance pruner against the finished trials."""
-    finished = [
-        Finished(t.user_attrs["macs"], tuple(t.user_attrs["epoch_accuracies"]))
-        for t in storage.completed(study)
-    ]
+    finished = storage.finished(study)
 
     def report(epoch: int, accuracy: float) -> None:
         if pruner is not None:

@@ -7,8 +7,12 @@ CPUs and GPUs or on an existing Ray cluster.
   its outcome in the study's journal (the run folder must be on storage every node reaches).
 - Workers get the frozen ``SearchConfig`` itself and run ``search.trial.evaluate``, reporting
   after every epoch; an architecture already trained in the study is not trained again.
-- Scheduling: ASHA on the per-epoch accuracy (grace period one epoch, reduction factor 2); a
-  trial it stops is PRUNED with its last accuracy. ``prune=False`` runs every trial to its end.
+- Scheduling: the Optuna backend's two-objective rule (``search.pruning.DominancePruner``) as a
+  Ray ``TrialScheduler``: after each epoch a trial stops when ``quorum`` trials that had
+  finished when it started were more accurate at that epoch with no more MACs (ASHA, Ray's own,
+  ranks on accuracy alone and would stop the cheap architectures the front needs). A stopped
+  trial is PRUNED with its last accuracy and the reason. ``prune=False`` runs every trial to its
+  end.
 - Resources: ``cpus_per_trial`` and fractional ``gpus_per_trial`` (``parallel`` N asks for
   1/N GPU per trial where the cluster has GPUs); Ray packs as many trials as they allow.
   ``ray_address`` joins an existing cluster, else a local Ray starts.
@@ -34,16 +38,18 @@ import ray
 import torch
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from common import datasets
 from search import storage, trial
 from search.config import SearchConfig
+from search.pruning import DominancePruner, Finished, TrialStopped
 from search.records import OnTrial
+from search.trial import StoredTrial
 from space.genotype import ArchSpec
 
-__all__ = ["ProxyFailed", "RayBackend"]
+__all__ = ["DominanceScheduler", "ProxyFailed", "RayBackend"]
 
 EXPERIMENTS = "ray"
 
@@ -69,11 +75,41 @@ class _StudySearch(OptunaSearch):
         if error or not result:
             self._ot_study.tell(asked, state=TrialState.FAIL)
         elif done < self.epochs:
-            asked.set_user_attr("fail_reason", f"stopped by ASHA after epoch {done}")
+            if not asked.user_attrs.get("fail_reason"):  # the scheduler's reason, else this
+                asked.set_user_attr("fail_reason", f"stopped after epoch {done}")
             self._ot_study.tell(asked, state=TrialState.PRUNED)
         else:
             self._ot_study.tell(asked, [result[name] for name in self.objectives])
         self._completed_trials.add(trial_id)
+
+
+class DominanceScheduler(FIFOScheduler):
+    """Early stopping by ``DominancePruner`` on Ray: each trial is compared, after every epoch it
+    reports, with the study's trials that had finished when it was added, exactly as the Optuna
+    backend compares a trial with those finished when it started. The reason goes to the
+    trial's user attributes (the report carries its number)."""
+
+    def __init__(self, out: str, epochs: int, pruner: DominancePruner | None = None) -> None:
+        super().__init__()
+        self.out, self.epochs = out, epochs
+        self.pruner = pruner or DominancePruner()
+        self.finished: dict[str, list[Finished]] = {}
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        self.finished[trial.trial_id] = storage.finished(storage.load_study(self.out))
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        finished = self.finished.get(trial.trial_id, [])
+        try:
+            self.pruner.check(
+                result["epoch"] - 1, result["accuracy"], result["macs"], self.epochs, finished
+            )
+        except TrialStopped as stop:
+            journal = storage.journal(self.out)
+            StoredTrial(journal, result["number"]).set_user_attr("fail_reason", str(stop))
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
 
 
 class _Watch(tune.Callback):
@@ -126,11 +162,12 @@ def _trainable(params: dict[str, Any], *, config: SearchConfig) -> None:
     arch = ArchSpec.from_json(params["arch"])
     journal = storage.journal(config.out)
     study = optuna.load_study(study_name=storage.STUDY_NAME, storage=journal)
-    stored = study.trials[params["number"]].user_attrs
+    number = params["number"]
+    stored = study.trials[number].user_attrs
     costs = {name: float(stored[name]) for name in config.objectives[1:]}  # MACs, latency
 
     def report(epoch: int, accuracy: float) -> None:
-        tune.report({"accuracy": accuracy, **costs, "epoch": epoch + 1})
+        tune.report({"accuracy": accuracy, **costs, "epoch": epoch + 1, "number": number})
 
     attrs = trial.StoredTrial(journal, params["number"])
     device = "cuda" if config.gpus_per_trial > 0 else config.device
@@ -164,16 +201,7 @@ def _tuner(config: SearchConfig, slots: int, experiment: str, watch: _Watch) -> 
         objectives=config.objectives,
     )
     scheduler = (
-        ASHAScheduler(
-            metric="accuracy",
-            mode="max",
-            time_attr="training_iteration",
-            max_t=config.proxy.epochs,
-            grace_period=1,
-            reduction_factor=2,
-        )
-        if config.prune
-        else FIFOScheduler()
+        DominanceScheduler(config.out, config.proxy.epochs) if config.prune else FIFOScheduler()
     )
     trainable = tune.with_resources(
         functools.partial(_trainable, config=config),

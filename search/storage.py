@@ -23,6 +23,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from search.pruning import Finished
 from search.records import TrialRecord, best_accuracy, to_frame
 from space.genotype import ArchSpec
 
@@ -35,6 +36,7 @@ __all__ = [
     "RepeatedFailure",
     "check_failures",
     "completed",
+    "finished",
     "journal",
     "load_study",
     "open_study",
@@ -172,6 +174,14 @@ def check_failures(study: optuna.Study, since: int, times: int) -> None:
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def finished(study: optuna.Study) -> list[Finished]:
+    """The completed trials as the dominance pruner compares against them (both backends)."""
+    return [
+        Finished(t.user_attrs["macs"], tuple(t.user_attrs["epoch_accuracies"]))
+        for t in completed(study)
+    ]
 
 
 def progress(study: optuna.Study) -> tuple[int, float | None]:
