@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,41 @@ from search.records import OnTrial
 from search.trial import StoredTrial
 from space.genotype import ArchSpec
 
-__all__ = ["DominanceScheduler", "ProxyFailed", "RayBackend"]
+__all__ = ["DominanceScheduler", "ProxyFailed", "RayBackend", "check_address"]
 
 EXPERIMENTS = "ray"
+
+
+CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # where `ray start --head` notes itself
+CONNECT_SECONDS = 5.0
+
+
+def check_address(address: str) -> None:
+    """``ValueError`` naming the address when nothing answers there (a TCP connection within
+    ``CONNECT_SECONDS``), so that a wrong ``--ray-address`` is one line at once instead of Ray's
+    minutes of retries. ``auto`` is ``$RAY_ADDRESS``, else the cluster ``ray start`` noted on
+    this machine."""
+    given = address
+    if address == "auto":
+        noted = CURRENT_CLUSTER.read_text().strip() if CURRENT_CLUSTER.exists() else ""
+        address = os.environ.get("RAY_ADDRESS") or noted
+        if not address:
+            raise ValueError(
+                "--ray-address auto: no Ray cluster runs on this machine; start one with "
+                "`ray start --head`, or give its HOST:PORT"
+            )
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"cannot read the Ray address {given!r}: write HOST:PORT, ray://HOST:PORT or auto"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise ValueError(
+            f"cannot reach a Ray cluster at {address} ({error.strerror or error}); start it "
+            f"with `ray start --head --port {port}` there, or fix --ray-address"
+        ) from None
 
 
 class ProxyFailed(RuntimeError):

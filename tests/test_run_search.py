@@ -175,6 +175,11 @@ def existing_run(tmp_path: Path, fake_proxy: list) -> Path:
         (["--data", "clutter@20"], "the canvas (20 px) must be at least as large as a digit"),
         (["--trials", "0"], "trials must be an integer >= 1"),
         (["--latency-budget", "30ms"], "a latency budget needs a latency device"),
+        (
+            ["--backend", "ray", "--ray-address", "127.0.0.1:9"],
+            "cannot reach a Ray cluster at 127.0.0.1:9 (Connection refused)",
+        ),
+        (["--backend", "ray", "--ray-address", "nowhere"], "cannot read the Ray address 'nowhere'"),
         (["--latency-device", "tpu"], "argument --latency-device: invalid choice: 'tpu'"),
         (
             ["--latency-device", "cpu", "--latency-budget", "fast"],

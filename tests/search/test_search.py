@@ -383,3 +383,14 @@ def test_the_samplers_pickle_as_ray_tune_needs(name: str) -> None:
     sampler = trial.sampler(tiny(sampler=name))
     again = pickle.loads(pickle.dumps(sampler))
     assert type(again) is type(sampler)
+
+
+def test_ray_address_auto_without_a_cluster_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from search import ray_backend
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_backend, "CURRENT_CLUSTER", tmp_path / "ray_current_cluster")
+    with pytest.raises(ValueError, match="no Ray cluster runs on this machine"):
+        ray_backend.check_address("auto")
