@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from search import latency_limit, storage
+from reports.report import write_reports
+from search import latency_limit, measured, pipeline, storage
 from search.lifecycle import run_trials
 from search.storage import trial_table
 from space.sampling import smallest
@@ -61,20 +63,18 @@ def test_without_a_latency_device_the_study_keeps_two_objectives(
     assert trial_table(config.out).latency_ms.isna().all()
 
 
+def reported(tmp_path: Path, **changes: object):
+    """A latency-limited run through the whole pipeline and its reports (CMT's coefficients)."""
+    config = dataclasses.replace(limited(tmp_path, "optuna"), scaling="cmt", **changes)
+    results = pipeline.run(config)
+    write_reports(config.out, config, results)
+    return config, results, Path(config.out)
+
+
 def test_the_reports_draw_the_latency_front_and_name_the_machine(
     tmp_path: Path, fake_proxy: list
 ) -> None:
-    import pandas as pd
-
-    from reports.report import write_reports
-    from search import pipeline
-
-    config = dataclasses.replace(
-        limited(tmp_path, "optuna"), trials=8, scaling="cmt", baselines="none"
-    )
-    results = pipeline.run(config)
-    write_reports(config.out, config, results)
-    out = Path(config.out)
+    config, _, out = reported(tmp_path, trials=8, baselines="none")
     front = pd.read_csv(out / "pareto-latency.csv")
     assert len(front) >= 1 and front.latency_ms.is_monotonic_increasing
     assert front.accuracy.is_monotonic_increasing
@@ -87,17 +87,7 @@ def test_the_reports_draw_the_latency_front_and_name_the_machine(
 def test_the_family_and_baselines_are_measured_once_after_the_search(
     tmp_path: Path, fake_proxy: list
 ) -> None:
-    import pandas as pd
-
-    from reports.report import write_reports
-    from search import measured, pipeline
-
-    config = dataclasses.replace(
-        limited(tmp_path, "optuna"), trials=4, scaling="cmt", baselines="cmt_ti"
-    )
-    results = pipeline.run(config)
-    write_reports(config.out, config, results)
-    out = Path(config.out)
+    config, results, out = reported(tmp_path, trials=4, baselines="cmt_ti")
     lines = (out / measured.FILE).read_text().splitlines()
     assert len(lines) == len(results.measured_ms) == 5  # S, Ti, XS, B (S once) and cmt_ti
     family = pd.read_csv(out / "family.csv")
