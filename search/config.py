@@ -40,7 +40,7 @@ class SearchConfig:
         "MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs'; FLOPs mean MACs (default %(default)s)",
         defines_search=True,
     )
-    trials: int = setting(8, "trials to run (default %(default)s)")
+    trials: int = setting(7, "trials to run (default %(default)s)")
     data: str = setting(
         "default",
         ", ".join(DATASET_NAMES),
@@ -63,7 +63,7 @@ class SearchConfig:
         choices=SCALING,
     )
     scaling_candidates: int = setting(
-        3, "alpha/beta/gamma candidates to score, CMT's among them (default %(default)s)"
+        2, "alpha/beta/gamma candidates to score, CMT's among them (default %(default)s)"
     )
     baselines: str = setting(
         "cmt_ti,cmt_xs,cmt_s,cmt_b",
