@@ -72,9 +72,9 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
             resolve_device(config.device)  # on a Ray cluster the GPUs may be elsewhere
         datasets.load(config.data)
         if config.backend == "ray" and config.ray_address is not None:
-            from search.ray_backend import check_address
+            from search.ray_backend import connect
 
-            check_address(config.ray_address)
+            connect(config.ray_address)
         if config.latency_target() is not None:
             from search.latency_limit import check_limit
 

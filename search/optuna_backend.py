@@ -112,6 +112,10 @@ class OptunaBackend:
         else:
             _parallel(config, first, seed, on_trial)
 
+    def step_pool(self, config: SearchConfig) -> None:
+        """The trainings after the search run in this machine's worker processes."""
+        return None
+
 
 def _parallel(config: SearchConfig, first: int, seed: int, on_trial: OnTrial | None) -> None:
     """``config.parallel`` worker processes (samplers seeded apart); this one reports progress

@@ -5,8 +5,9 @@
   <out>/study.journal`` opens it). Its study holds two objectives, proxy accuracy (up) and MACs
   (down), and each trial's user attributes (``ATTRS``) say what it trained and how it went.
 - Resume: ``recover_interrupted`` fails the trials a dead process left RUNNING (reason
-  ``INTERRUPTED``) and queues their parameters again, so the next trial redoes the same
-  architecture; interrupted trials do not use a slot (``slots_used``).
+  ``INTERRUPTED``) and queues their parameters again (``redo``), so the next trial redoes the
+  same architecture; a trial whose Ray worker or node died is redone the same way (reason
+  ``LOST``). Interrupted trials do not use a slot (``slots_used``).
 - ``records`` turns the stored trials into ``TrialRecord`` rows, the same for every backend.
 """
 
@@ -32,17 +33,20 @@ __all__ = [
     "DIRECTIONS",
     "INTERRUPTED",
     "LATENCY_MACHINE",
+    "LOST",
     "STUDY_NAME",
     "RepeatedFailure",
     "check_failures",
     "completed",
     "finished",
+    "interrupted",
     "journal",
     "load_study",
     "open_study",
     "progress",
     "records",
     "recover_interrupted",
+    "redo",
     "repeated_failure",
     "slots_used",
     "to_record",
@@ -55,6 +59,7 @@ STUDY_NAME = "search"
 DIRECTIONS = {"accuracy": "maximize", "macs": "minimize", "latency_ms": "minimize"}
 LATENCY_MACHINE = "latency_machine"  # the study's note of where latency was measured
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
+LOST = "interrupted: the Ray worker running this trial was lost"  # + what Ray said, in brackets
 # The user attributes a trial stores, written by the shared trial code (``search.trial``).
 ATTRS = (
     "backend",
@@ -122,21 +127,29 @@ def trial_id(storage: JournalStorage, number: int) -> int:
 def recover_interrupted(study: optuna.Study, storage: JournalStorage) -> None:
     """Fail the trials a dead process left RUNNING and queue their parameters again."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        ident = trial_id(storage, trial.number)
-        storage.set_trial_user_attr(ident, "fail_reason", INTERRUPTED)
-        storage.set_trial_state_values(ident, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"redo_of": trial.number})
-        log.warning("trial %d was interrupted; it is failed and will be redone", trial.number)
+        redo(study, storage, trial, INTERRUPTED)
+
+
+def redo(study: optuna.Study, storage: JournalStorage, trial: FrozenTrial, reason: str) -> None:
+    """Fail the RUNNING ``trial`` with ``reason`` (which starts "interrupted:") and queue its
+    parameters again, so that the next trial asked trains the same architecture."""
+    ident = trial_id(storage, trial.number)
+    storage.set_trial_user_attr(ident, "fail_reason", reason)
+    storage.set_trial_state_values(ident, TrialState.FAIL)
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"redo_of": trial.number})
+    log.warning("trial %d failed (%s) and will be redone", trial.number, reason)
+
+
+def interrupted(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` was interrupted and queued again (``INTERRUPTED``, ``LOST``)."""
+    return str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted:")
 
 
 def slots_used(study: optuna.Study) -> int:
     """Finished trials that count towards ``--trials`` (interrupted ones do not)."""
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        t.state in done and t.user_attrs.get("fail_reason") != INTERRUPTED
-        for t in study.get_trials(deepcopy=False)
-    )
+    return sum(t.state in done and not interrupted(t) for t in study.get_trials(deepcopy=False))
 
 
 class RepeatedFailure(RuntimeError):
@@ -153,7 +166,7 @@ def repeated_failure(study: optuna.Study, since: int, times: int) -> str | None:
         if t.number >= since
         and t.state.is_finished()
         and t.datetime_complete is not None
-        and t.user_attrs.get("fail_reason") != INTERRUPTED
+        and not interrupted(t)
     ]
     last = sorted(done, key=lambda t: t.datetime_complete)[-times:]
     if len(last) < times or any(t.state != TrialState.FAIL for t in last):
