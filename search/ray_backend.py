@@ -165,7 +165,7 @@ class DominanceScheduler(FIFOScheduler):
                 result["epoch"] - 1, result["accuracy"], result["macs"], self.epochs, finished
             )
         except TrialStopped as stop:
-            journal = storage.journal(self.out)
+            journal = storage.study_storage(self.out)
             StoredTrial(journal, result["number"]).set_user_attr("fail_reason", str(stop))
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -228,7 +228,7 @@ class _Watch(tune.Callback):
         error, number = _error(trial), trial.config.get("number")
         study = storage.load_study(self.out)
         if number is not None and study.trials[number].state == TrialState.RUNNING:
-            journal = storage.journal(self.out)
+            journal = storage.study_storage(self.out)
             if isinstance(error, LOST_ERRORS):
                 storage.redo(study, journal, study.trials[number], lost_reason(error))
             else:  # an error outside the training (which records its own)
@@ -260,7 +260,7 @@ def _trainable(params: dict[str, Any], *, config: SearchConfig) -> None:
     """One Ray trial: train the defined architecture, reporting after every epoch."""
     torch.set_num_threads(max(1, int(config.cpus_per_trial)))
     arch = ArchSpec.from_json(params["arch"])
-    journal = storage.journal(config.out)
+    journal = storage.study_storage(config.out)
     study = optuna.load_study(study_name=storage.STUDY_NAME, storage=journal)
     number = params["number"]
     stored = study.trials[number].user_attrs
@@ -296,7 +296,7 @@ def _tuner(config: SearchConfig, slots: int, experiment: str, watch: _Watch) -> 
         mode=[storage.DIRECTIONS[name][:3] for name in config.objectives],
         sampler=trial.sampler(config, config.seed + storage.trial_count(config.out)),
         study_name=storage.STUDY_NAME,
-        storage=storage.journal(config.out),
+        storage=storage.study_storage(config.out),
         epochs=config.proxy.epochs,
         objectives=config.objectives,
     )

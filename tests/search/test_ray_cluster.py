@@ -30,7 +30,10 @@ RAY = Path(sys.executable).with_name("ray")
 TRIALS = 3
 
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+pytestmark = [
+    pytest.mark.fault,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc"),
+]
 
 
 @dataclass
