@@ -456,13 +456,11 @@ def parse_name(name: str) -> DatasetName:
     """The one reading of a dataset's command-line name (see the module docstring); raises
     ``ValueError`` for an unknown name, a bad folder size or a bad clutter geometry. Paths are
     not checked here."""
-    text = str(name)
+    text = DEFAULT if str(name) == "default" else str(name)
     if text == "clutter" or text.startswith("clutter@"):
         spec = text.partition("@")[2]
         return DatasetName("clutter", clutter=_parse_clutter(text, spec))
     kind, _, rest = text.partition(":")
-    if kind == "default":
-        kind = DEFAULT
     if kind in ("mnist5k", "digits", "fashion") and not rest:
         return DatasetName(kind)
     if kind not in ("cifar10", "cifar100", "folder", "fashion") or not rest:
