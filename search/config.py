@@ -40,7 +40,7 @@ class SearchConfig:
         "MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs'; FLOPs mean MACs (default %(default)s)",
         defines_search=True,
     )
-    trials: int = setting(7, "trials to run (default %(default)s)")
+    trials: int = setting(6, "trials to run (default %(default)s)")
     data: str = setting(
         "default",
         ", ".join(DATASET_NAMES),
