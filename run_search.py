@@ -51,8 +51,8 @@ def check_folder(config: SearchConfig) -> None:
 
 def prepare(args: argparse.Namespace) -> SearchConfig:
     """The run's configuration, every option checked before the run folder is touched."""
-    from common import datasets
     from common.device import resolve_device
+    from search import lifecycle
     from search.backends import check_versions
     from space.sampling import check_budget
 
@@ -70,11 +70,11 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
         check_budget(config.budget_macs, config.resolution)
         if config.backend == "optuna" or config.gpus_per_trial == 0:
             resolve_device(config.device)  # on a Ray cluster the GPUs may be elsewhere
-        datasets.load(config.data)
+        lifecycle.check(config)  # the data, and a shared storage (reached, the same search)
         if config.backend == "ray" and config.ray_address is not None:
-            from search.ray_backend import check_address
+            from search.ray_backend import connect
 
-            check_address(config.ray_address)
+            connect(config.ray_address)
         if config.latency_target() is not None:
             from search.latency_limit import check_limit
 

@@ -3,6 +3,7 @@
     python benchmarks/sensitivity.py --workers 2                         # the default proxy
     python benchmarks/sensitivity.py --proxy-resolution 48 --workers 2   # stage maps 12/6/3/2
     python benchmarks/sensitivity.py --presets --workers 2               # every preset, 2 seeds
+    python benchmarks/sensitivity.py --only cmt_s:"stage-3 block type" aewin_t:"head split"
 
 Three base architectures near 4 GMACs: ``cmt_s`` (CMT-like), ``aewin_t`` (AEWin-like, the
 CSWin-T layout) and ``dual_mix``, the sampled ``dual-cmt-cmt-dual`` that is architecture #2 of
@@ -256,6 +257,19 @@ def presets_summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _rows(only: list[str] | None, parser: argparse.ArgumentParser) -> set[tuple[str, str]] | None:
+    """The (base, dimension) rows ``--only`` names; the parser's error for an unknown one."""
+    if only is None:
+        return None
+    known = {(b, d) for b, dimensions in variants().items() for d in dimensions}
+    wanted = {tuple(text.split(":", 1)) for text in only}
+    unknown = [":".join(row) for row in wanted if row not in known]
+    if unknown:
+        names = ", ".join(sorted(f"{b}:{d}" for b, d in known))
+        parser.error(f"unknown row {', '.join(unknown)}; known: {names}")
+    return wanted
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="default")
@@ -274,7 +288,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--presets", action="store_true", help="the presets, two seeds each")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="BASE:DIMENSION",
+        help="train these rows only (e.g. cmt_s:'stage-3 block type'; default: every row)",
+    )
     args = parser.parse_args(argv)
+    rows_wanted = _rows(args.only, parser)
     base_recipe = SearchConfig().proxy
     config = SearchConfig(
         data=args.data,
@@ -302,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in range(args.seeds)
             for base, dimensions in variants().items()
             for dimension, choices in dimensions.items()
+            if rows_wanted is None or (base, dimension) in rows_wanted
             for choice, arch in choices.items()
         ]
     unique = list({j["key"]: j for j in jobs}.values())

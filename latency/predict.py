@@ -2,7 +2,7 @@
 
 ``predict_ms(arch, table)`` sums each unit's median latency with its weight
 (``latency.units.units``); ``measure(arch, target)`` builds the whole model and times it.
-``benchmarks/latency.py`` compares the two over the presets and sampled genotypes.
+``benchmarks/latency_prediction.py`` compares the two over the presets and sampled genotypes.
 """
 
 from __future__ import annotations

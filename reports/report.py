@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from common import datasets
 from reports import plots
 from reports.tables import (
     baselines_table,
@@ -56,6 +57,12 @@ LATENCY_FILES = {
     "pareto-latency.csv": "the non-dominated trials (accuracy up, predicted latency down)",
     "latency.png": "accuracy against predicted latency, and latency against MACs",
 }
+
+
+def _data(config: SearchConfig) -> str:
+    """The run's dataset as named, and in full when the name was an alias (``default``)."""
+    full = datasets.absolute(config.data)
+    return f"`{config.data}`" + (f" (`{full}`)" if full != config.data else "")
 
 
 def _pct(value: float | None) -> str:
@@ -162,7 +169,7 @@ def _counts(trials: pd.DataFrame) -> str:
 
 def _title(config: SearchConfig, results: Results) -> list[str]:
     trials, best, budget = results.trials, results.best, config.budget_macs
-    lines = [f"# Search report: {config.budget} at {config.resolution}px on `{config.data}`", ""]
+    lines = [f"# Search report: {config.budget} at {config.resolution}px on {_data(config)}", ""]
     if best is None:
         return [
             *lines,
@@ -355,7 +362,7 @@ def _method_section(config: SearchConfig) -> list[str]:
         "call FLOPs, at each model's own input size, attention included whatever kernel "
         "computes it; normalisation, activations and pooling are not counted. They come from "
         "the blocks' cost formulas (`space.cost.estimate`), which equal fvcore's count.",
-        f"- Proxy: `{config.data}`, {recipe.epochs} epoch(s), batch {recipe.batch_size}, AdamW "
+        f"- Proxy: {_data(config)}, {recipe.epochs} epoch(s), batch {recipe.batch_size}, AdamW "
         f"(lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, warm-up over "
         f"{recipe.warmup_fraction:.0%} of the steps, then cosine decay), label smoothing "
         f"{recipe.label_smoothing:g}, seed {config.seed}, device {device}. The searched "

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
+from concurrent.futures import Future
 from importlib import metadata
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from search.records import OnTrial
 
 if TYPE_CHECKING:
     from search.config import SearchConfig
 
-__all__ = ["BACKENDS", "NEEDS", "Backend", "check_versions", "get"]
+__all__ = ["BACKENDS", "NEEDS", "Backend", "StepPool", "check_versions", "get"]
 
 # The one table of backends: name -> where it lives.
 _WHERE = {"optuna": "search.optuna_backend:OptunaBackend", "ray": "search.ray_backend:RayBackend"}
@@ -28,15 +30,32 @@ BACKENDS = tuple(_WHERE)
 NEEDS = {"optuna": {"optuna": "5.0"}, "ray": {"optuna": "5.0", "ray": "2.41"}}
 
 
+class StepPool(Protocol):
+    """Where the trainings after the search run: a context manager whose ``submit(function,
+    *args)`` returns a ``concurrent.futures.Future``, ``workers`` trainings at once."""
+
+    workers: int
+
+    def __enter__(self) -> StepPool: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future: ...
+
+
 class Backend(Protocol):
     """A search driver. ``run_trials(config, first, on_trial)`` runs trials into the open study
     of ``config.out`` until ``config.trials`` slots are used or the same failure repeats among
     the trials numbered ``first`` or later, calling ``on_trial(finished, best_accuracy)`` as
-    trials end. ``search.lifecycle.run_trials`` calls it with the folder locked and recovered."""
+    trials end. ``search.lifecycle.run_trials`` calls it with the folder locked and recovered.
+    ``step_pool(config)`` is where the pipeline's trainings after the search run: None for
+    this machine's own worker processes (``search.workers``)."""
 
     name: str
 
     def run_trials(self, config: SearchConfig, first: int, on_trial: OnTrial | None) -> None: ...
+
+    def step_pool(self, config: SearchConfig) -> StepPool | None: ...
 
 
 def _release(text: str) -> tuple[int, ...]:

@@ -40,7 +40,7 @@ class SearchConfig:
         "MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs'; FLOPs mean MACs (default %(default)s)",
         defines_search=True,
     )
-    trials: int = setting(8, "trials to run (default %(default)s)")
+    trials: int = setting(6, "trials to run (default %(default)s)")
     data: str = setting(
         "default",
         ", ".join(DATASET_NAMES),
@@ -63,7 +63,7 @@ class SearchConfig:
         choices=SCALING,
     )
     scaling_candidates: int = setting(
-        3, "alpha/beta/gamma candidates to score, CMT's among them (default %(default)s)"
+        2, "alpha/beta/gamma candidates to score, CMT's among them (default %(default)s)"
     )
     baselines: str = setting(
         "cmt_ti,cmt_xs,cmt_s,cmt_b",
@@ -120,6 +120,14 @@ class SearchConfig:
         "stop the search after this many trials in a row fail for the same reason "
         "(default %(default)s)",
     )
+    storage: str | None = setting(
+        None,
+        "Optuna: the study's storage, for one search run by several machines at once (each "
+        "with its own --out): sqlite:///PATH, postgresql://USER@HOST[:PORT]/DB (password from "
+        "~/.pgpass or PGPASSWORD) or a journal file on shared disk (default: the run folder's "
+        "study.journal)",
+        defines_search=True,
+    )
     ray_address: str | None = setting(
         None, "Ray: join this cluster (auto, ray://host:10001; default: start a local Ray)"
     )
@@ -149,6 +157,10 @@ class SearchConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         self._check_latency()
+        if self.storage is not None and self.backend != "optuna":
+            raise ValueError("--storage is for the optuna backend (Ray keeps its study in --out)")
+        if self.storage is not None and not str(self.storage).strip():
+            raise ValueError("storage must be a URL or a journal file path, got ''")
         check_integer("parallel", self.parallel, 0)
         check_integer("max_repeated_failures", self.max_repeated_failures)
 

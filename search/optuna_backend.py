@@ -1,7 +1,13 @@
 """The Optuna backend: trials on the run folder's study, one after another in this process, or
 ``parallel`` at a time in as many worker processes sharing the study's journal (the
 folder lock keeps other runs out, not the run's own workers; with several workers the order of
-trials, and so the architectures drawn, depends on timing).
+trials, and so the architectures drawn, depends on timing). With a shared ``--storage``,
+runs on several machines work on one study: each claims slots until ``trials`` are used, redoes
+the trials of processes found dead (``storage.dead_trials``) and, when no slot is left, waits
+(on a database, whose heartbeats show a dead machine) for the other machines' running trials to
+end or to be found dead. The slot count is checked
+per machine before asking, so two machines may start the last slot's trial both (as with
+Optuna's ``MaxTrialsCallback``).
 
 Each trial is asked from the study, defined, trained and told (``search.trial``); hopeless
 trials stop early (``search.pruning.DominancePruner``) and are PRUNED. When the last
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
+import warnings
 from pathlib import Path
 
 import filelock
@@ -26,6 +33,10 @@ from search.pruning import DominancePruner
 from search.records import OnTrial
 
 __all__ = ["OptunaBackend"]
+
+# A storage with heartbeats warns at every ask outside Study.optimize; this backend asks and
+# records the heartbeats itself (``storage.heartbeat``).
+warnings.filterwarnings("ignore", "Heartbeat of storage is supposed", UserWarning)
 
 
 def _pruner_report(
@@ -48,6 +59,17 @@ def _run_one(
     data: datasets.ImageData,
     pruner: DominancePruner | None,
 ) -> None:
+    with storage.heartbeat(storage.study_storage(config.out), asked.number):
+        _train_one(study, asked, config, data, pruner)
+
+
+def _train_one(
+    study: optuna.Study,
+    asked: optuna.Trial,
+    config: SearchConfig,
+    data: datasets.ImageData,
+    pruner: DominancePruner | None,
+) -> None:
     try:
         arch = trial.define(asked, config)
         report = _pruner_report(study, pruner, asked.user_attrs["macs"], config.proxy.epochs)
@@ -60,10 +82,13 @@ def _run_one(
     study.tell(asked, outcome.values, state=outcome.state)
 
 
+def _running(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
 def _claim(study: optuna.Study, config: SearchConfig) -> bool:
     """Whether a slot is left for one more trial: finished ones and those running count."""
-    running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-    return storage.slots_used(study) + running < config.trials
+    return storage.slots_used(study) + _running(study) < config.trials
 
 
 def _work(
@@ -80,17 +105,25 @@ def _work(
         workers.die_with_parent()
         workers.share_cores(processes, resolve_device(config.device))
     data = datasets.load(config.data)
-    journal = storage.journal(config.out)
-    study = storage.open_study(journal, trial.sampler(config, seed), config.objectives)
+    where = storage.study_storage(config.out)
+    study = storage.open_study(where, trial.sampler(config, seed), config.objectives)
     pruner = DominancePruner() if config.prune else None
     ask_lock = filelock.FileLock(Path(config.out) / ".ask.lock")
+    shared = config.storage is not None
+    beats = isinstance(where, optuna.storages.RDBStorage)  # other machines' deaths show
     while True:
         if on_trial is not None:
             on_trial(*storage.progress(study))
         with ask_lock:
+            if shared:  # another machine's dead trials are redone here
+                storage.recover_interrupted(study, where, shared=True)
             if not _claim(study, config):
+                if beats and _running(study):  # wait for the other machines' last trials
+                    time.sleep(storage.HEARTBEAT_SECONDS)
+                    continue
                 return
             asked = study.ask()
+            asked.set_user_attr("worker", storage.worker_name())
         _run_one(study, asked, config, data, pruner)
         if storage.repeated_failure(study, first, config.max_repeated_failures):
             return
@@ -111,6 +144,10 @@ class OptunaBackend:
             _work(config, first, seed, on_trial=on_trial)
         else:
             _parallel(config, first, seed, on_trial)
+
+    def step_pool(self, config: SearchConfig) -> None:
+        """The trainings after the search run in this machine's worker processes."""
+        return None
 
 
 def _parallel(config: SearchConfig, first: int, seed: int, on_trial: OnTrial | None) -> None:

@@ -32,7 +32,7 @@ import pandas as pd
 from common import datasets
 from common.device import resolve_device
 from common.lock import folder_lock
-from search import lifecycle, measured, proxy, storage, workers
+from search import backends, lifecycle, measured, proxy, storage, workers
 from search.config import SearchConfig
 from search.records import OnTrial, TrialRecord, best_within_budget, to_frame
 from search.trainings import Training, TrainingLog, training_key
@@ -189,6 +189,7 @@ class _Trainings:
         self.config, self.log, self.may_train = config, log, may_train
         self.on_step = on_step
         self.done = log.load()
+        self.pool = backends.get(config.backend).step_pool(config) if may_train else None
         self.workers = workers.step_workers(config) if may_train else 1
         self.finished, self.total = 0, 0
         self.running: dict[Any, Job] = {}
@@ -216,13 +217,18 @@ class _Trainings:
         and the largest of ``rest``, and take ``then()``'s as soon as it can be planned."""
         if not self.may_train:
             return
-        if self.workers == 1:
+        if self.pool is not None:
+            with self.pool as pool:
+                self.workers = pool.workers
+                self._parallel(first, rest, then, pool)
+        elif self.workers == 1:
             for job in self._missing(first):
                 self._one(job)
             for job in self._missing(then() + rest):
                 self._one(job)
         else:
-            self._parallel(first, rest, then)
+            with workers.pool(self.workers, resolve_device(self.config.device)) as pool:
+                self._parallel(first, rest, then, pool)
         self._show()
 
     def _one(self, job: Job) -> None:
@@ -233,29 +239,33 @@ class _Trainings:
         self.running = {}
         self._record(job, _train_job(job, config.data, config.device, config.cuda_graphs))
 
-    def _parallel(self, first: list[Job], rest: list[Job], then: Callable[[], list[Job]]) -> None:
+    def _parallel(
+        self,
+        first: list[Job],
+        rest: list[Job],
+        then: Callable[[], list[Job]],
+        pool: backends.StepPool | futures.Executor,
+    ) -> None:
         config, planned = self.config, False
+        data = datasets.absolute(config.data)  # workers may run in another folder
         queue = self._missing(first) + _largest_first(self._missing(rest))
         firsts = {self._key(job) for job in first}
         self.total = len(queue)
-        with workers.pool(self.workers, resolve_device(config.device)) as executor:
-            while queue or self.running or not planned:
-                waiting = {self._key(job) for job in [*queue, *self.running.values()]}
-                if not planned and firsts.isdisjoint(waiting):
-                    extra = _largest_first(self._missing(then()))
-                    queue, planned = extra + queue, True
-                    self.total += len(extra)
-                    continue
-                while queue and len(self.running) < self.workers:
-                    job = queue.pop(0)
-                    future = executor.submit(
-                        _train_job, job, config.data, config.device, config.cuda_graphs
-                    )
-                    self.running[future] = job
-                self._show()
-                ended, _ = futures.wait(self.running, return_when=futures.FIRST_COMPLETED)
-                for future in ended:
-                    self._record(self.running.pop(future), future.result())
+        while queue or self.running or not planned:
+            waiting = {self._key(job) for job in [*queue, *self.running.values()]}
+            if not planned and firsts.isdisjoint(waiting):
+                extra = _largest_first(self._missing(then()))
+                queue, planned = extra + queue, True
+                self.total += len(extra)
+                continue
+            while queue and len(self.running) < self.workers:
+                job = queue.pop(0)
+                future = pool.submit(_train_job, job, data, config.device, config.cuda_graphs)
+                self.running[future] = job
+            self._show()
+            ended, _ = futures.wait(self.running, return_when=futures.FIRST_COMPLETED)
+            for future in ended:
+                self._record(self.running.pop(future), future.result())
 
     def _record(self, job: Job, result: proxy.ProxyResult) -> None:
         training = Training.of(

@@ -2,19 +2,33 @@
 
 - Storage: Optuna's journal file ``study.journal`` in the run folder (append-only, safe against
   a killed process and shared by processes, Ray workers included; ``optuna-dashboard
-  <out>/study.journal`` opens it). Its study holds two objectives, proxy accuracy (up) and MACs
-  (down), and each trial's user attributes (``ATTRS``) say what it trained and how it went.
+  <out>/study.journal`` opens it). Or, for a search shared by several machines, a storage
+  they all reach (``--storage``): an RDB URL (``sqlite:///``, ``postgresql://``; Optuna's
+  ``RDBStorage`` with heartbeats) or a journal file on shared disk; the run folder then names
+  it in ``storage.txt`` and every function here that takes a run folder follows it. The study
+  holds two objectives, proxy accuracy (up) and MACs (down), and each trial's user attributes
+  (``ATTRS``) say what it trained and how it went.
 - Resume: ``recover_interrupted`` fails the trials a dead process left RUNNING (reason
-  ``INTERRUPTED``) and queues their parameters again, so the next trial redoes the same
-  architecture; interrupted trials do not use a slot (``slots_used``).
+  ``INTERRUPTED``) and queues their parameters again (``redo``), so the next trial redoes the
+  same architecture. On the run folder's own journal every RUNNING trial is dead (the folder
+  is locked); on a shared storage only a trial whose process is gone from this machine, or
+  (RDB) whose heartbeat stopped for ``GRACE_SECONDS``. A trial whose Ray worker or node died
+  is redone the same way (reason ``LOST``). Interrupted trials do not use a slot
+  (``slots_used``).
 - ``records`` turns the stored trials into ``TrialRecord`` rows, the same for every backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
 import re
+import socket
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -32,29 +46,44 @@ __all__ = [
     "DIRECTIONS",
     "INTERRUPTED",
     "LATENCY_MACHINE",
+    "LOST",
     "STUDY_NAME",
     "RepeatedFailure",
     "check_failures",
     "completed",
+    "dead_trials",
     "finished",
-    "journal",
+    "has_study",
+    "heartbeat",
+    "hidden",
+    "interrupted",
     "load_study",
+    "note_storage",
     "open_study",
+    "open_url",
     "progress",
     "records",
     "recover_interrupted",
+    "redo",
     "repeated_failure",
+    "shared_url",
     "slots_used",
+    "study_storage",
     "to_record",
     "trial_count",
     "trial_id",
     "trial_table",
+    "worker_name",
 ]
 
 STUDY_NAME = "search"
+STORAGE_NOTE = "storage.txt"  # names the shared storage of a run folder whose study is elsewhere
+HEARTBEAT_SECONDS = 10  # a trial's heartbeat on an RDB storage, and how long silence means dead
+GRACE_SECONDS = 30
 DIRECTIONS = {"accuracy": "maximize", "macs": "minimize", "latency_ms": "minimize"}
 LATENCY_MACHINE = "latency_machine"  # the study's note of where latency was measured
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
+LOST = "interrupted: the Ray worker running this trial was lost"  # + what Ray said, in brackets
 # The user attributes a trial stores, written by the shared trial code (``search.trial``).
 ATTRS = (
     "backend",
@@ -68,22 +97,78 @@ ATTRS = (
     "fail_reason",
     "duplicate_of",
     "redo_of",
+    "worker",
 )
 log = logging.getLogger(__name__)
 
 
-def journal(out: str | Path) -> JournalStorage:
-    """The study storage of a run folder."""
-    return JournalStorage(JournalFileBackend(str(Path(out) / "study.journal")))
+def note_storage(out: str | Path, url: str | None) -> None:
+    """Record in run folder ``out`` that its study lives in ``url`` (None: its own journal)."""
+    if url is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / STORAGE_NOTE).write_text(url + "\n")
+
+
+def shared_url(out: str | Path) -> str | None:
+    """The shared storage run folder ``out`` names, or None for its own journal."""
+    note = Path(out) / STORAGE_NOTE
+    return note.read_text().strip() if note.exists() else None
+
+
+def study_storage(out: str | Path) -> optuna.storages.BaseStorage:
+    """The study storage of a run folder: its journal, or the shared storage it names."""
+    url = shared_url(out)
+    return open_url(url) if url else _journal(str(Path(out) / "study.journal"))
+
+
+@functools.lru_cache(maxsize=8)
+def open_url(url: str) -> optuna.storages.BaseStorage:
+    """The storage at ``url`` (once per process): an RDB URL with heartbeats, else a journal
+    file. ``ValueError`` naming the storage (its password hidden) when it cannot be opened:
+    no server, no such database, a driver missing."""
+    if "://" not in url:
+        return _journal(url)
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+            )
+    except ImportError:
+        postgres = url.startswith("postgresql")
+        raise ValueError(
+            f"the storage {hidden(url)} needs its database driver"
+            + (": pip install 'psycopg[binary]' (or the [cluster] extra)" if postgres else "")
+        ) from None
+    except Exception as error:  # SQLAlchemy's errors for a server that is not there
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot open the study storage {hidden(url)}: {said}") from None
+
+
+def _journal(path: str) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(path))
+
+
+def hidden(url: str) -> str:
+    """``url`` with its password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def has_study(out: str | Path) -> bool:
+    """Whether the run folder's storage holds the study (0 trials or more)."""
+    if shared_url(out) is None and not (Path(out) / "study.journal").exists():
+        return False
+    names = {s.study_name for s in optuna.get_all_study_summaries(study_storage(out))}
+    return STUDY_NAME in names
 
 
 def open_study(
-    storage: JournalStorage,
+    storage: optuna.storages.BaseStorage,
     sampler: optuna.samplers.BaseSampler,
     objectives: tuple[str, ...] = ("accuracy", "macs"),
 ) -> optuna.Study:
-    """The run folder's study in ``storage`` (``journal(out)``), created on first use with its
-    objectives (``SearchConfig.objectives``) named and directed (``DIRECTIONS``)."""
+    """The run folder's study in ``storage`` (``study_storage(out)``), created on first use with
+    its objectives (``SearchConfig.objectives``) named and directed (``DIRECTIONS``)."""
     study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage,
@@ -100,43 +185,120 @@ def open_study(
 
 def load_study(out: str | Path) -> optuna.Study:
     """The run folder's existing study; ``ValueError`` if there is none."""
-    if not (Path(out) / "study.journal").exists():
+    if shared_url(out) is None and not (Path(out) / "study.journal").exists():
         raise ValueError(f"{out} holds no search (no study.journal)")
-    return optuna.load_study(study_name=STUDY_NAME, storage=journal(out))
+    return optuna.load_study(study_name=STUDY_NAME, storage=study_storage(out))
 
 
 def trial_count(out: str | Path) -> int:
     """How many trials the run folder's study holds (0 without one)."""
-    if not (Path(out) / "study.journal").exists():
+    if shared_url(out) is None and not (Path(out) / "study.journal").exists():
         return 0
-    summaries = optuna.get_all_study_summaries(journal(out), include_best_trial=False)
+    summaries = optuna.get_all_study_summaries(study_storage(out), include_best_trial=False)
     return sum(s.n_trials for s in summaries if s.study_name == STUDY_NAME)
 
 
-def trial_id(storage: JournalStorage, number: int) -> int:
+def trial_id(storage: optuna.storages.BaseStorage, number: int) -> int:
     """The storage id of trial ``number`` of the run folder's study."""
     study_id = storage.get_study_id_from_name(STUDY_NAME)
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
-def recover_interrupted(study: optuna.Study, storage: JournalStorage) -> None:
-    """Fail the trials a dead process left RUNNING and queue their parameters again."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        ident = trial_id(storage, trial.number)
-        storage.set_trial_user_attr(ident, "fail_reason", INTERRUPTED)
+def worker_name() -> str:
+    """This process, as a trial's ``worker`` attribute names it: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(trial: FrozenTrial) -> bool:
+    """Whether the process that ran ``trial`` is known to have ended: it ran on this machine
+    and no process has its id now."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def dead_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, shared: bool
+) -> list[FrozenTrial]:
+    """The RUNNING trials whose process is dead: all of them on a run folder's own journal
+    (its lock keeps other runs out); on a ``shared`` storage those whose process is gone from
+    this machine or, with heartbeats (RDB), silent for ``GRACE_SECONDS``."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not shared:
+        return running
+    stale: set[int] = set()
+    if isinstance(storage, optuna.storages.RDBStorage):
+        study_id = storage.get_study_id_from_name(STUDY_NAME)
+        stale = set(storage._get_stale_trial_ids(study_id))  # Optuna's heartbeat check
+    return [t for t in running if trial_id(storage, t.number) in stale or _gone(t)]
+
+
+@contextlib.contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, number: int) -> Iterator[None]:
+    """While the block runs, record trial ``number``'s heartbeat every ``HEARTBEAT_SECONDS``
+    on an RDB storage (``dead_trials`` reads them); elsewhere nothing."""
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        yield
+        return
+    ident, stop = trial_id(storage, number), threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(ident)
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat of trial {number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def recover_interrupted(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, shared: bool = False
+) -> None:
+    """Fail the trials a dead process left RUNNING (``dead_trials``) and queue their
+    parameters again."""
+    for trial in dead_trials(study, storage, shared):
+        redo(study, storage, trial, INTERRUPTED)
+
+
+def redo(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, trial: FrozenTrial, reason: str
+) -> None:
+    """Fail the RUNNING ``trial`` with ``reason`` (which starts "interrupted:") and queue its
+    parameters again, so that the next trial asked trains the same architecture (once, when
+    two workers find the same dead trial)."""
+    ident = trial_id(storage, trial.number)
+    try:
+        storage.set_trial_user_attr(ident, "fail_reason", reason)
         storage.set_trial_state_values(ident, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"redo_of": trial.number})
-        log.warning("trial %d was interrupted; it is failed and will be redone", trial.number)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # another worker got there first
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"redo_of": trial.number})
+    log.warning("trial %d failed (%s) and will be redone", trial.number, reason)
+
+
+def interrupted(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` was interrupted and queued again (``INTERRUPTED``, ``LOST``)."""
+    return str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted:")
 
 
 def slots_used(study: optuna.Study) -> int:
     """Finished trials that count towards ``--trials`` (interrupted ones do not)."""
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        t.state in done and t.user_attrs.get("fail_reason") != INTERRUPTED
-        for t in study.get_trials(deepcopy=False)
-    )
+    return sum(t.state in done and not interrupted(t) for t in study.get_trials(deepcopy=False))
 
 
 class RepeatedFailure(RuntimeError):
@@ -153,7 +315,7 @@ def repeated_failure(study: optuna.Study, since: int, times: int) -> str | None:
         if t.number >= since
         and t.state.is_finished()
         and t.datetime_complete is not None
-        and t.user_attrs.get("fail_reason") != INTERRUPTED
+        and not interrupted(t)
     ]
     last = sorted(done, key=lambda t: t.datetime_complete)[-times:]
     if len(last) < times or any(t.state != TrialState.FAIL for t in last):

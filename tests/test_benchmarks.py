@@ -13,6 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_no_benchmark_script_shadows_a_package_of_the_project() -> None:
+    """A script's own folder comes first on ``sys.path``: ``benchmarks/latency.py`` made every
+    benchmark that imports the ``latency`` package (through ``search.config``) fail at start."""
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    assert packages and not scripts & packages
+
+
 def test_the_gpu_benchmark_quick_mode_writes_its_rows(tmp_path: Path) -> None:
     command = [
         sys.executable,
@@ -89,7 +97,8 @@ def test_the_latency_benchmark_keeps_its_rows_and_resumes(
 
     from space import presets
 
-    where = importlib.util.spec_from_file_location("latency_bench", ROOT / "benchmarks/latency.py")
+    script = ROOT / "benchmarks" / "latency_prediction.py"
+    where = importlib.util.spec_from_file_location("latency_prediction", script)
     bench = importlib.util.module_from_spec(where)
     where.loader.exec_module(bench)
 

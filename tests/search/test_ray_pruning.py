@@ -34,7 +34,7 @@ CANDIDATES = {  # recorded reports of trials that come next
 
 
 def recorded_study(out: Path) -> optuna.Study:
-    study = storage.open_study(storage.journal(out), optuna.samplers.RandomSampler())
+    study = storage.open_study(storage.study_storage(out), optuna.samplers.RandomSampler())
     for macs, accuracies in FINISHED:
         trial = study.ask()
         trial.set_user_attr("macs", macs)

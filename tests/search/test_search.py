@@ -155,7 +155,7 @@ def _running_trial_with_arch(journal: Path) -> bool:
         return False
     try:
         study = optuna.load_study(
-            study_name=storage.STUDY_NAME, storage=storage.journal(journal.parent)
+            study_name=storage.STUDY_NAME, storage=storage.study_storage(journal.parent)
         )
     except KeyError:
         return False

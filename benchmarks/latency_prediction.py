@@ -1,9 +1,9 @@
 """Latency predicted from the per-machine unit table against latency measured, for every preset
 and sampled genotypes within a MAC budget.
 
-    python benchmarks/latency.py                                   # CPU eager, batch 1, 100 sampled
-    python benchmarks/latency.py --device onnxruntime              # ONNX Runtime's CPU provider
-    python benchmarks/latency.py --batch 32 --archs 0              # the presets only, batch 32
+    python benchmarks/latency_prediction.py                       # CPU eager, batch 1, 100 sampled
+    python benchmarks/latency_prediction.py --device onnxruntime  # ONNX Runtime's CPU provider
+    python benchmarks/latency_prediction.py --batch 32 --archs 0  # the presets only, batch 32
 
 Each network is predicted from the unit table (``latency.predict.predict_ms``, measuring the units
 the table lacks) and then measured whole (``latency.predict.measure``). Rows are appended to
