@@ -53,7 +53,6 @@ __all__ = [
     "completed",
     "dead_trials",
     "finished",
-    "has_study",
     "heartbeat",
     "hidden",
     "interrupted",
@@ -152,14 +151,6 @@ def _journal(path: str) -> JournalStorage:
 def hidden(url: str) -> str:
     """``url`` with its password replaced by ***."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def has_study(out: str | Path) -> bool:
-    """Whether the run folder's storage holds the study (0 trials or more)."""
-    if shared_url(out) is None and not (Path(out) / "study.journal").exists():
-        return False
-    names = {s.study_name for s in optuna.get_all_study_summaries(study_storage(out))}
-    return STUDY_NAME in names
 
 
 def open_study(
