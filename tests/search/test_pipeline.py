@@ -47,7 +47,9 @@ def test_the_proxy_input_scales_with_each_models_own_input() -> None:
 
 
 def test_the_steps_plan_and_record_every_training(tmp_path: Path, fake_proxy: list) -> None:
-    config = tiny(trials=4, out=str(tmp_path), budget="0.6G", baselines="cmt_ti,cmt_s")
+    config = tiny(
+        trials=4, out=str(tmp_path), budget="0.6G", baselines="cmt_ti,cmt_s", scaling_candidates=3
+    )
     results = pipeline.run(config)
     steps = [t.step for t in TrainingLog(tmp_path).load().values()]
     assert steps.count("scaling") == 3 and len(results.scaling) == 3
