@@ -17,6 +17,7 @@ import torch
 import run_search
 import search.proxy
 import search.storage
+from search.config import SearchConfig
 from search.proxy import ProxyResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_the_command_writes_every_file(tmp_path: Path) -> None:
     assert f"{len(trials)} trials" in report and best["stem"] == "cmt"
     assert report.index("Searched family against CMT") < report.index("All trials")
     assert "Seed-to-seed noise of the proxy" in report and "CMT's are 1.2, 1.3, 1.15" in report
-    assert len(pd.read_csv(out / "scaling.csv")) == 3
+    assert len(pd.read_csv(out / "scaling.csv")) == SearchConfig().scaling_candidates
     assert pd.read_csv(out / "family.csv").accuracy.notna().all()
     assert pd.read_csv(out / "baselines.csv").preset.tolist() == ["cmt_ti"]
     assert "report:" in done.stdout
