@@ -4,6 +4,9 @@ and sampled genotypes within a MAC budget.
     python benchmarks/latency_prediction.py                       # CPU eager, batch 1, 100 sampled
     python benchmarks/latency_prediction.py --device onnxruntime  # ONNX Runtime's CPU provider
     python benchmarks/latency_prediction.py --batch 32 --archs 0  # the presets only, batch 32
+    python benchmarks/latency_prediction.py --retest 40           # measure 40 networks again
+    python benchmarks/latency_prediction.py --whole --batch 32 --archs 0  # measured only
+    python benchmarks/latency_prediction.py --presets-table       # the README's preset table
 
 Each network is predicted from the unit table (``latency.predict.predict_ms``, measuring the units
 the table lacks) and then measured whole (``latency.predict.measure``). Rows are appended to
@@ -12,8 +15,14 @@ machine's fingerprint, so a rerun only measures what is missing; the unit table 
 ``benchmarks/results/latency-tables/`` (one file per fingerprint). The report gives the share of
 networks predicted within +-5% and +-10% of their measured latency, the RMSE, the same after a
 linear correction (measured = a x predicted + b, fitted leaving each network out), the
-predictor's time against measuring, and the table's build time. Run it on an idle machine: any
-other work on the cores moves both figures.
+predictor's time against measuring, and the table's build time. ``--retest N`` measures the
+first N networks of the results file whole once more, later in time (rows in
+``latency-<device>-b<batch>-retest.jsonl``), and reports how often two measurements of the same
+network agree within +-5% and +-10%: the ceiling for any predictor on this machine. ``--whole``
+measures the networks whole without predicting them (no unit table: the preset table's large
+batches, where the units would take longer than the networks); ``--presets-table`` prints every
+preset's measured latency from the results files of both targets at batches 1 and 32. Run it on an
+idle machine: any other work on the cores moves every figure.
 """
 
 from __future__ import annotations
@@ -56,14 +65,16 @@ def results_path(target: Target) -> Path:
     return RESULTS / f"latency-{target.device}-b{target.batch}.jsonl"
 
 
-def _row(name: str, arch: ArchSpec, table: LatencyTable, target: Target) -> dict:
+def _row(name: str, arch: ArchSpec, table: LatencyTable, target: Target, whole: bool) -> dict:
     """Predict (measuring missing units), predict again from the full table (the predictor's
-    own time), then measure the whole network."""
+    own time), then measure the whole network; with ``whole``, only measure it."""
     units_before, seconds_before = table.measured, table.measure_seconds
-    predicted = predict_ms(arch, table)
-    started = time.perf_counter()
-    predict_ms(arch, table)
-    predict_seconds = time.perf_counter() - started
+    predicted = predict_seconds = None
+    if not whole:
+        predicted = predict_ms(arch, table)
+        started = time.perf_counter()
+        predict_ms(arch, table)
+        predict_seconds = time.perf_counter() - started
     started = time.perf_counter()
     measured = measure(arch, target)
     return {
@@ -83,8 +94,9 @@ def _row(name: str, arch: ArchSpec, table: LatencyTable, target: Target) -> dict
     }
 
 
-def run(target: Target, count: int, budget: int) -> list[dict]:
-    """Every network's row, measuring what the results file lacks."""
+def run(target: Target, count: int, budget: int, whole: bool = False) -> list[dict]:
+    """Every network's row, measuring what the results file lacks (a row measured whole only
+    is kept, and predicted, when the run is not ``whole``)."""
     table = LatencyTable(target, TABLES)
     path = results_path(target)
     done = {}
@@ -95,15 +107,16 @@ def run(target: Target, count: int, budget: int) -> list[dict]:
     rows = []
     for name, arch in networks(count, budget):
         key = (name, arch.to_json(), table.fingerprint.key)
-        if key not in done:
-            done[key] = _row(name, arch, table, target)
+        if key not in done or (done[key]["predicted_ms"] is None and not whole):
+            done[key] = _row(name, arch, table, target, whole)
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:
                 handle.write(json.dumps(done[key]) + "\n")
             row = done[key]
+            predicted = "-" if whole else f"{row['predicted_ms']:.1f} ms"
             print(
-                f"{name}: predicted {row['predicted_ms']:.1f} ms, measured "
-                f"{row['measured_ms']:.1f} ms ({row['units_measured']} units measured)",
+                f"{name}: predicted {predicted}, measured {row['measured_ms']:.1f} ms "
+                f"({row['units_measured']} units measured)",
                 flush=True,
             )
         rows.append(done[key])
@@ -135,6 +148,7 @@ def summary(rows: list[dict], predicted: list[float]) -> dict[str, float]:
 
 
 def report(rows: list[dict]) -> None:
+    rows = [row for row in rows if row["predicted_ms"] is not None]
     print("| network | GMACs | predicted ms | measured ms (IQR) | error |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -159,6 +173,76 @@ def report(rows: list[dict]) -> None:
     )
 
 
+def retest(target: Target, count: int) -> None:
+    """Measure the first ``count`` networks of the results file again and compare."""
+    fingerprint = LatencyTable(target, TABLES).fingerprint.key
+    first = [
+        row
+        for row in map(json.loads, results_path(target).read_text().splitlines())
+        if row["fingerprint"] == fingerprint
+    ][:count]
+    path = results_path(target).with_name(results_path(target).stem + "-retest.jsonl")
+    done = {}
+    if path.exists():
+        for row in map(json.loads, path.read_text().splitlines()):
+            done[(row["name"], row["arch"], row["fingerprint"])] = row
+    pairs = []
+    for row in first:
+        key = (row["name"], row["arch"], row["fingerprint"])
+        if key not in done:
+            timing = measure(ArchSpec.from_json(row["arch"]), target)
+            done[key] = {
+                "name": row["name"],
+                "arch": row["arch"],
+                "fingerprint": fingerprint,
+                "measured_ms": timing.median_ms,
+                "q1_ms": timing.q1_ms,
+                "q3_ms": timing.q3_ms,
+            }
+            with path.open("a") as handle:
+                handle.write(json.dumps(done[key]) + "\n")
+            print(f"{row['name']}: {row['measured_ms']:.1f} ms then {timing.median_ms:.1f} ms")
+        pairs.append((row["measured_ms"], done[key]["measured_ms"]))
+    changes = [again / before - 1 for before, again in pairs]
+    print(
+        f"the same {len(pairs)} networks measured twice: within 5% "
+        f"{sum(abs(c) <= 0.05 for c in changes) / len(changes):.3g}, within 10% "
+        f"{sum(abs(c) <= 0.10 for c in changes) / len(changes):.3g}, rms change "
+        f"{100 * math.sqrt(statistics.fmean(c * c for c in changes)):.3g}%, worst "
+        f"{100 * max(changes, key=abs):+.3g}%"
+    )
+
+
+def presets_table() -> None:
+    """Every preset's measured latency on this machine, PyTorch and ONNX Runtime, batch 1 and 32
+    (the latest row of each; '-' where not measured)."""
+    columns = [(device, batch) for device in ("cpu", "onnxruntime") for batch in (1, 32)]
+    found: dict[tuple[str, str, int], dict] = {}
+    for device, batch in columns:
+        target = Target(device, batch)
+        fingerprint = target.fingerprint()
+        path = results_path(target)
+        rows = map(json.loads, path.read_text().splitlines()) if path.exists() else []
+        for row in rows:
+            if row["fingerprint"] == fingerprint.key and row["name"] in presets.names():
+                found[(row["name"], device, batch)] = row
+        print(f"measured on {fingerprint.describe()}")
+    heads = " | ".join(f"{'PyTorch' if d == 'cpu' else 'ONNX Runtime'} b{b}" for d, b in columns)
+    print(f"| preset | input | GMACs | {heads} |")
+    print("|---|---|---|---|---|---|---|")
+    for name in presets.names():
+        arch = presets.get(name)
+        cells = []
+        for device, batch in columns:
+            row = found.get((name, device, batch))
+            cells.append("-" if row is None else f"{row['measured_ms']:,.0f} ms")
+        print(
+            f"| `{name}` | {arch.resolution} | {estimate(arch).macs / 1e9:.2f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=TARGETS)
@@ -166,9 +250,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: all of PyTorch's threads")
     parser.add_argument("--archs", type=int, default=100, help="sampled genotypes")
     parser.add_argument("--budget", default="4GFLOPs")
+    parser.add_argument(
+        "--retest", type=int, default=0, help="measure the first N networks again and compare"
+    )
+    parser.add_argument("--whole", action="store_true", help="measure only, predict nothing")
+    parser.add_argument(
+        "--presets-table", action="store_true", help="print the presets' measured latencies"
+    )
     args = parser.parse_args()
     target = Target(args.device, args.batch, args.threads)
-    report(run(target, args.archs, parse_budget(args.budget)))
+    if args.presets_table:
+        presets_table()
+    elif args.retest:
+        retest(target, args.retest)
+    else:
+        report(run(target, args.archs, parse_budget(args.budget), args.whole))
 
 
 if __name__ == "__main__":
