@@ -67,7 +67,7 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
             return dataclasses.replace(SearchConfig.from_json(saved.read_text()), out=args.out)
         config = from_options(args)
         check_versions(config.backend)
-        check_budget(config.budget_macs, config.resolution)
+        check_budget(config.budget_macs, config.resolution, config.block_types)
         if config.backend == "optuna" or config.gpus_per_trial == 0:
             resolve_device(config.device)  # on a Ray cluster the GPUs may be elsewhere
         lifecycle.check(config)  # the data, and a shared storage (reached, the same search)

@@ -45,14 +45,17 @@ def shape_cached(build: Builder) -> Builder:
     """Cache a builder of tensors that depend only on shapes and device (masks, index tables),
     so that a forward pass builds each once. While ``torch.compile`` or ``torch.export`` traces
     (the ONNX export among them) the builder runs uncached: its tensors are then fake or
-    symbolic, and caching them would break every later eager call with those shapes."""
+    symbolic, and caching them would break every later eager call with those shapes. The
+    tensors are built outside inference mode: one built inside it (a latency measurement)
+    could not be used by a later training in the same process."""
     cached = functools.lru_cache(maxsize=256)(build)
 
     @functools.wraps(build)
     def shapes_only(*args: Any) -> Any:
         if torch.compiler.is_compiling():
             return build(*args)
-        return cached(*args)
+        with torch.inference_mode(False):
+            return cached(*args)
 
     shapes_only.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
     return shapes_only  # type: ignore[return-value]

@@ -89,8 +89,9 @@ def plot_pareto(data: ParetoData, ax: Axes | None = None) -> Axes:
 
 def plot_latency(data: LatencyData, axes: tuple[Axes, Axes] | None = None) -> tuple[Axes, Axes]:
     """Left: proxy accuracy against predicted latency, the front as a step line, the limit as a
-    vertical line. Right: predicted latency against GMACs, one colour per block type of stage
-    3 (the deepest), where the same MACs take different times."""
+    vertical line. Right: latency against GMACs, the trials (predicted) one colour per block type
+    of stage 3 (the deepest), the presets (measured) as labelled crosses: where the same MACs
+    take different times."""
     if axes is None:
         figure = Figure(figsize=(13, 5))
         axes = (figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2))
@@ -118,8 +119,25 @@ def plot_latency(data: LatencyData, axes: tuple[Axes, Axes] | None = None) -> tu
     for block in sorted(third.unique()):
         mine = data.scored[third == block]
         right.scatter(mine.macs / 1e9, mine.latency_ms, s=30, label=f"stage 3: {block}")
-    right.set_xlabel("GMACs at the target resolution")
-    right.set_ylabel("predicted latency (ms)")
+    if not data.presets.empty:
+        right.scatter(
+            data.presets.macs / 1e9,
+            data.presets.latency_ms,
+            marker="x",
+            color="black",
+            s=40,
+            label="presets (measured)",
+        )
+        for row in data.presets.itertuples():
+            right.annotate(
+                row.preset,
+                (row.macs / 1e9, row.latency_ms),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+    right.set_xlabel("GMACs at each model's own input")
+    right.set_ylabel("latency (ms): trials predicted, presets measured")
     right.set_title("Latency against MACs")
     right.grid(alpha=0.3)
     right.legend(fontsize=8)

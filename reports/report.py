@@ -430,7 +430,9 @@ def write_reports(out: str | Path, config: SearchConfig, results: Results) -> No
         plots.save(figure[0], str(out / "tradeoff.png"))
     if config.latency_device is not None:
         pareto_front(results.trials, "latency_ms").to_csv(out / "pareto-latency.csv", index=False)
-        axes = plots.plot_latency(latency_data(results.trials, config.latency_limit_ms))
+        baselines = baselines_table(results) if results.best is not None else None
+        data = latency_data(results.trials, config.latency_limit_ms, baselines)
+        axes = plots.plot_latency(data)
         plots.save(axes[0], str(out / "latency.png"))
     (out / "report.md").write_text(render(config, results))
     (out / "config.json").write_text(config.to_json() + "\n")

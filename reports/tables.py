@@ -93,15 +93,26 @@ def pareto_data(trials: pd.DataFrame, budget_macs: int) -> ParetoData:
 
 class LatencyData(NamedTuple):
     """What the latency figure draws: the trials with a predicted latency (scored ones and the
-    rest), the accuracy-against-latency front, and the latency limit in ms (None without)."""
+    rest), the accuracy-against-latency front, the latency limit in ms (None without), and the
+    presets measured whole (``preset``, ``macs``, ``latency_ms``; empty when none were)."""
 
     scored: pd.DataFrame
     front: pd.DataFrame
     limit_ms: float | None
+    presets: pd.DataFrame
 
 
-def latency_data(trials: pd.DataFrame, limit_ms: float | None) -> LatencyData:
-    return LatencyData(_scored(trials, "latency_ms"), pareto_front(trials, "latency_ms"), limit_ms)
+def latency_data(
+    trials: pd.DataFrame, limit_ms: float | None, baselines: pd.DataFrame | None = None
+) -> LatencyData:
+    """The figure's data from the trial table and the baselines table (its measured rows)."""
+    columns = ["preset", "macs", "latency_ms"]
+    presets = pd.DataFrame(columns=columns)
+    if baselines is not None and "latency_ms" in baselines:
+        presets = baselines.loc[baselines.latency_ms.notna(), columns]
+    return LatencyData(
+        _scored(trials, "latency_ms"), pareto_front(trials, "latency_ms"), limit_ms, presets
+    )
 
 
 def _status(row: Row) -> str:

@@ -24,6 +24,7 @@ from search.backends import BACKENDS
 from search.proxy import MIN_PROXY_RESOLUTION, ProxySettings
 from space.cost import parse_budget, parse_latency
 from space.genotype import MIN_RESOLUTION
+from space.sampling import DEFAULT_BLOCKS, parse_blocks
 
 __all__ = ["SAMPLERS", "SCALING", "SearchConfig", "add_options", "from_options"]
 
@@ -50,6 +51,12 @@ class SearchConfig:
         224,
         "input size of the searched architecture; the budget is counted at it "
         "(default %(default)s)",
+        defines_search=True,
+    )
+    blocks: str = setting(
+        ",".join(DEFAULT_BLOCKS),
+        "the block types the search draws from, comma-separated, or all; the default is the "
+        "space whose proxy was measured (docs/data.md) (default %(default)s)",
         defines_search=True,
     )
     proxy: ProxySettings = dataclasses.field(
@@ -140,6 +147,7 @@ class SearchConfig:
         parse_budget(self.budget)
         check_integer("trials", self.trials)
         check_integer("resolution", self.resolution, MIN_RESOLUTION)
+        parse_blocks(self.blocks)
         if not isinstance(self.proxy, ProxySettings):
             raise ValueError(f"proxy must be ProxySettings, got {type(self.proxy).__name__}")
         if self.scaling not in SCALING:
@@ -188,6 +196,11 @@ class SearchConfig:
     @property
     def budget_macs(self) -> int:
         return parse_budget(self.budget)
+
+    @property
+    def block_types(self) -> tuple[str, ...]:
+        """The block types the search draws from, in registration order."""
+        return parse_blocks(self.blocks)
 
     @property
     def latency_limit_ms(self) -> float | None:

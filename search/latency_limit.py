@@ -47,7 +47,7 @@ def within_limit(arch: ArchSpec, config: SearchConfig) -> ArchSpec:
     phi = largest_phi(
         lambda p: predicted_ms(at_phi(p), config), limit, FIT_LOW, 0.0, tolerance=PHI_STEP
     )
-    return smallest(config.resolution) if phi is None else at_phi(phi)
+    return smallest(config.resolution, config.block_types) if phi is None else at_phi(phi)
 
 
 def check_limit(config: SearchConfig) -> None:
@@ -58,14 +58,16 @@ def check_limit(config: SearchConfig) -> None:
     limit = config.latency_limit_ms
     if limit is None:
         return
-    floor = predicted_ms(smallest(config.resolution), config)
+    floor = predicted_ms(smallest(config.resolution, config.block_types), config)
     if limit < floor:
         raise ValueError(
             f"the latency budget of {limit:g} ms is below the smallest architecture of the "
             f"search space at {config.resolution}px ({floor:.1f} ms predicted on "
             f"{config.latency_device}, batch {config.latency_batch})"
         )
-    ceiling = predicted_ms(largest_within(config.budget_macs, config.resolution), config)
+    ceiling = predicted_ms(
+        largest_within(config.budget_macs, config.resolution, config.block_types), config
+    )
     if limit > ceiling:
         raise ValueError(
             f"the latency budget of {limit:g} ms is above the largest architecture of the "

@@ -38,7 +38,7 @@ def check(config: SearchConfig) -> None:
     architecture (the data loads once per process: ``common.datasets.load`` keeps it), or a
     shared storage that cannot be opened or holds a different search."""
     datasets.load(config.data)
-    check_budget(config.budget_macs, config.resolution)
+    check_budget(config.budget_macs, config.resolution, config.block_types)
     if config.storage is not None:
         study = _shared_study(config)
         saved = study.user_attrs.get(CONFIG) if study is not None else None

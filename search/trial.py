@@ -97,7 +97,7 @@ def sampler(config: SearchConfig, seed: int | None = None) -> optuna.samplers.Ba
 
 def define(trial: optuna.Trial, config: SearchConfig) -> ArchSpec:
     """Draw the trial's architecture and store it, its cost and the budget constraint."""
-    arch = sample(trial, config.budget_macs, config.resolution)
+    arch = sample(trial, config.budget_macs, config.resolution, config.block_types)
     if config.latency_device is not None:
         arch = latency_limit.within_limit(arch, config)
     cost = estimate(arch)

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from blocks.aewin import AEWinOptions
+from blocks.botnet import BoTOptions
 from blocks.cmt import CMTOptions
 from blocks.cot import CoTOptions
 from blocks.dualvit import DualOptions
+from blocks.halonet import HaloOptions
 from space.genotype import ArchSpec, StageSpec
 
 __all__ = ["PUBLISHED", "Published", "get", "names"]
@@ -134,6 +136,34 @@ def aewin_t() -> ArchSpec:
     return ArchSpec(stages, 224, stem="patch", stem_width=64, head="norm", head_width=0)
 
 
+def _resnet26t(block_type: str, heads: int, options: type, **own: int) -> ArchSpec:
+    """timm's ResNet-26-T layout (tiered stem of 64, 2/2/2/2 bottlenecks of widths
+    256/512/1024/2048, bottleneck ratio 1/4, average pool head): stages 1-2 convolution, stage 3
+    a conv then an attention block, stage 4 attention."""
+    table = (
+        # depth, width, layout
+        (2, 256, "conv"),
+        (2, 512, "conv"),
+        (2, 1024, "alternate"),
+        (2, 2048, "attention"),
+    )
+    stages = tuple(
+        StageSpec(block_type, depth, width, heads, 4.0, options(layout=layout, **own))
+        for depth, width, layout in table
+    )
+    return ArchSpec(stages, 256, stem="tiered", stem_width=64, head="pool", head_width=0)
+
+
+def botnet26t() -> ArchSpec:
+    """timm's ``botnet26t_256``: ResNet-26-T with 4-head global attention (relative positions)."""
+    return _resnet26t("bot", 4, BoTOptions)
+
+
+def halonet26t() -> ArchSpec:
+    """timm's ``halonet26t``: ResNet-26-T with 8-head halo attention, blocks of 8, halo 2."""
+    return _resnet26t("halo", 8, HaloOptions, block=8, halo=2)
+
+
 _PRESETS: dict[str, Callable[[], ArchSpec]] = {
     "cmt_ti": cmt_ti,
     "cmt_xs": cmt_xs,
@@ -142,6 +172,8 @@ _PRESETS: dict[str, Callable[[], ArchSpec]] = {
     "cotnet_50": cotnet_50,
     "dualvit_s": dualvit_s,
     "aewin_t": aewin_t,
+    "botnet26t": botnet26t,
+    "halonet26t": halonet26t,
 }
 
 PUBLISHED: dict[str, Published] = {
@@ -154,6 +186,8 @@ PUBLISHED: dict[str, Published] = {
         24.6e6, 5.4e9, "Dual-ViT README: 25.1M less the 0.5M token-labelling head"
     ),
     "aewin_t": Published(22e6, None, "AEWin abstract (no per-variant table was published)"),
+    "botnet26t": Published(12.49e6, 3.32e9, "timm's botnet26t_256 (its table, at 256 px)"),
+    "halonet26t": Published(12.48e6, 3.19e9, "timm's halonet26t (its table, at 256 px)"),
 }
 
 

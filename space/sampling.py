@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 from blocks import BLOCKS
@@ -26,6 +27,7 @@ from space.genotype import NUM_STAGES, ArchSpec, StageSpec
 from space.scaling import ALPHA, BETA, largest_phi, round_width, scale_by
 
 __all__ = [
+    "DEFAULT_BLOCKS",
     "SHARED",
     "SPACE",
     "TrialLike",
@@ -33,6 +35,7 @@ __all__ = [
     "check_budget",
     "largest_macs",
     "largest_within",
+    "parse_blocks",
     "sample",
     "scaled",
     "smallest",
@@ -51,6 +54,9 @@ SPACE: dict[str, Any] = {
     "head_width": 1280,
     "budget_use": (0.75, 1.0),
 }
+# The default space: the block types whose proxy fidelity was measured (docs/data.md). The
+# others registered (BoTNet, HaloNet) join with ``blocks="all"`` or by name.
+DEFAULT_BLOCKS = ("cmt", "aewin", "cot", "dual")
 SHARED = SharedChoices(heads=SPACE["heads"], mlp_ratios=SPACE["mlp_ratio"])
 FIT_LOW, FIT_HIGH = -24.0, 8.0  # phi range of the fit; at -24 every depth is 1, widths minimal
 
@@ -60,9 +66,33 @@ def block_types() -> tuple[str, ...]:
     return tuple(name for name in BLOCKS.names() if BLOCKS.get(name).searchable)
 
 
-def _draw_stage(trial: TrialLike, i: int, network: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def parse_blocks(text: str) -> tuple[str, ...]:
+    """The block types a search draws from: ``all`` (every searchable type) or names,
+    comma-separated; returned in registration order. An unknown or unsearchable name is a
+    ``ValueError`` that lists the searchable ones."""
+    searchable = block_types()
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"blocks must be all or block types, got {text!r}")
+    if text.strip() == "all":
+        return searchable
+    names = {name.strip() for name in text.split(",")}
+    unknown = sorted(names - set(searchable))
+    if unknown:
+        raise ValueError(
+            f"unknown block type {unknown[0]!r} in blocks; searchable: {', '.join(searchable)}"
+        )
+    return tuple(name for name in searchable if name in names)
+
+
+def _types(blocks: Sequence[str] | None) -> tuple[str, ...]:
+    return DEFAULT_BLOCKS if blocks is None else tuple(blocks)
+
+
+def _draw_stage(
+    trial: TrialLike, i: int, network: dict[str, Any], blocks: tuple[str, ...]
+) -> tuple[str, dict[str, Any]]:
     """Draw stage ``i``'s block type, depth, width target, then the block's own choices."""
-    block = trial.suggest_categorical(f"s{i}_block", block_types())
+    block = trial.suggest_categorical(f"s{i}_block", blocks)
     depth = trial.suggest_int(f"s{i}_depth", *SPACE["depth"][i])
     width = trial.suggest_categorical(f"s{i}_width", SPACE["width"][i])
     shared = dataclasses.replace(SHARED, network=network)
@@ -155,9 +185,10 @@ def _smallest(resolution: int, blocks: tuple[str, ...]) -> ArchSpec:
     return best
 
 
-def smallest_macs(resolution: int = 224) -> int:
-    """MACs of the smallest architecture the space can reach at ``resolution``."""
-    return estimate(_smallest(resolution, block_types())).macs
+def smallest_macs(resolution: int = 224, blocks: Sequence[str] | None = None) -> int:
+    """MACs of the smallest architecture the space of ``blocks`` (default:
+    ``DEFAULT_BLOCKS``) can reach at ``resolution``."""
+    return estimate(_smallest(resolution, _types(blocks))).macs
 
 
 @functools.lru_cache(maxsize=16)
@@ -186,33 +217,37 @@ def _largest(resolution: int, blocks: tuple[str, ...]) -> ArchSpec:
     return best
 
 
-def smallest(resolution: int = 224) -> ArchSpec:
+def smallest(resolution: int = 224, blocks: Sequence[str] | None = None) -> ArchSpec:
     """The architecture of the space with the fewest MACs at ``resolution``."""
-    return _smallest(resolution, block_types())
+    return _smallest(resolution, _types(blocks))
 
 
-def largest_within(budget_macs: int, resolution: int = 224) -> ArchSpec:
+def largest_within(
+    budget_macs: int, resolution: int = 224, blocks: Sequence[str] | None = None
+) -> ArchSpec:
     """The space's largest architecture fitted to ``budget_macs`` (the smallest when even
     that does not fit)."""
-    fitted = _fit(_largest(resolution, block_types()), budget_macs)
-    return fitted if fitted is not None else _smallest(resolution, block_types())
+    fitted = _fit(_largest(resolution, _types(blocks)), budget_macs)
+    return fitted if fitted is not None else _smallest(resolution, _types(blocks))
 
 
-def largest_macs(resolution: int = 224) -> int:
+def largest_macs(resolution: int = 224, blocks: Sequence[str] | None = None) -> int:
     """MACs of the largest architecture the space can reach at ``resolution``."""
-    return estimate(_largest(resolution, block_types())).macs
+    return estimate(_largest(resolution, _types(blocks))).macs
 
 
-def check_budget(budget_macs: int, resolution: int = 224) -> int:
+def check_budget(
+    budget_macs: int, resolution: int = 224, blocks: Sequence[str] | None = None
+) -> int:
     """Raise ``ValueError`` naming the limit if the budget is below the smallest architecture
     of the space or above its largest; return the smallest's MACs otherwise."""
-    floor = smallest_macs(resolution)
+    floor = smallest_macs(resolution, blocks)
     if budget_macs < floor:
         raise ValueError(
             f"the budget of {budget_macs:,} MACs is below the smallest architecture of the "
             f"search space at {resolution}px ({floor:,} MACs = {floor / 1e9:.3f} GMACs)"
         )
-    ceiling = largest_macs(resolution)
+    ceiling = largest_macs(resolution, blocks)
     if budget_macs > ceiling:
         raise ValueError(
             f"the budget of {budget_macs:,} MACs is above the largest architecture of the "
@@ -221,21 +256,28 @@ def check_budget(budget_macs: int, resolution: int = 224) -> int:
     return floor
 
 
-def sample(trial: TrialLike, budget_macs: int, resolution: int = 224) -> ArchSpec:
-    """Draw an architecture from ``trial`` and fit it to its drawn share of ``budget_macs``.
+def sample(
+    trial: TrialLike,
+    budget_macs: int,
+    resolution: int = 224,
+    blocks: Sequence[str] | None = None,
+) -> ArchSpec:
+    """Draw an architecture of the block types ``blocks`` (default: ``DEFAULT_BLOCKS``)
+    from ``trial`` and fit it to its drawn share of ``budget_macs``.
 
     Only ``trial.suggest_*`` is called, so any Optuna sampler (and Ray Tune's Optuna searcher)
     drives it; the same suggestions give the same architecture. A draw whose smallest scaling
     is still over a small budget falls back to the space's smallest architecture, fitted.
     Raises ``ValueError`` naming the smallest reachable MACs when the budget is below it.
     """
-    floor = check_budget(budget_macs, resolution)
+    blocks = _types(blocks)
+    floor = check_budget(budget_macs, resolution, blocks)
     network: dict[str, Any] = {}
     target = max(floor, int(trial.suggest_float("budget_use", *SPACE["budget_use"]) * budget_macs))
     stem_width = trial.suggest_categorical("stem_width", SPACE["stem_width"])
-    stages = [_draw_stage(trial, i, network) for i in range(NUM_STAGES)]
+    stages = [_draw_stage(trial, i, network, blocks) for i in range(NUM_STAGES)]
     fitted = _fit(_build(stem_width, resolution, stages), target)
     if fitted is None:
-        fitted = _fit(_smallest(resolution, block_types()), target)
+        fitted = _fit(_smallest(resolution, blocks), target)
     assert fitted is not None and estimate(fitted).macs <= budget_macs
     return fitted

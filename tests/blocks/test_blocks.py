@@ -9,9 +9,11 @@ import torch
 
 from blocks import BLOCKS, build_model, explicit_attention
 from blocks.aewin import AEWinOptions, AxialWindowAttention, window_mask
+from blocks.botnet import BoTOptions
 from blocks.cmt import CMTOptions
 from blocks.cot import CoTLayer, CoTOptions
 from blocks.dualvit import DualOptions, SemanticTokens
+from blocks.halonet import HaloOptions
 from blocks.layers import DepthwiseConv2d
 from space.genotype import ArchSpec, StageSpec
 
@@ -20,6 +22,16 @@ SMALL_OPTIONS = {
     "aewin": [AEWinOptions((0.25, 0.25, 0.5), window=7, stripe=s) for s in (1, 2, 3, 7)],
     "cot": [CoTOptions(kernel=3)] * 4,
     "dual": [DualOptions(pool=4, mode=m) for m in ("dual", "dual", "merge", "merge")],
+    "bot": [BoTOptions(layout) for layout in ("conv", "alternate", "alternate", "attention")],
+    "halo": [
+        HaloOptions(layout, block, halo)
+        for layout, block, halo in (
+            ("attention", 4, 1),
+            ("alternate", 8, 2),
+            ("alternate", 4, 3),
+            ("attention", 2, 1),
+        )
+    ],
 }
 
 
@@ -28,6 +40,8 @@ def small_arch(block: str, resolution: int = 96) -> ArchSpec:
     widths, heads = (32, 64, 96, 128), (1, 2, 3, 4)
     if block == "cot":
         heads = (1, 1, 1, 1)
+    if block in ("bot", "halo"):  # width over bottleneck width 2: bottlenecks of 16-64
+        heads = (2, 2, 4, 4)
     stages = tuple(
         StageSpec(block, 2 if i < 3 else 1, widths[i], heads[i], 2.0, SMALL_OPTIONS[block][i])
         for i in range(4)
@@ -206,3 +220,14 @@ def test_tracing_leaves_the_shape_caches_real() -> None:
     with torch.no_grad():
         out = model(x)
     assert type(out) is torch.Tensor and out.shape == (2, 10)
+
+
+def test_a_model_trains_after_inference_mode_built_its_masks() -> None:
+    """A search that measures latency (inference mode) then trains in the same process: the
+    shape-cached masks and index tables must be usable by autograd."""
+    arch = small_arch("aewin", resolution=64)
+    model = build_model(arch, num_classes=7)
+    x = torch.randn(1, 3, 61, 61)  # a size no other test builds masks for
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()

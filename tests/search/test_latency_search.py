@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from reports.report import write_reports
+from reports.tables import baselines_table, latency_data
 from search import latency_limit, measured, pipeline, storage
 from search.lifecycle import run_trials
 from search.storage import trial_table
@@ -96,6 +97,8 @@ def test_the_family_and_baselines_are_measured_once_after_the_search(
     )
     assert family.cmt_latency_ms.notna().sum() == 1  # only CMT-Ti was a baseline
     assert pd.read_csv(out / "baselines.csv").latency_ms.notna().all()
+    drawn = latency_data(results.trials, None, baselines_table(results)).presets  # the figure's
+    assert drawn.preset.tolist() == ["cmt_ti"] and drawn.latency_ms.notna().all()
     assert "measured whole on the same machine" in (out / "report.md").read_text()
     again = pipeline.run(config)  # a rerun measures nothing it has
     assert again.measured_ms == results.measured_ms

@@ -19,7 +19,7 @@ from reports.report import write_reports
 from search import pipeline
 from space.cost import count, estimate
 from space.geometry import blind_spots
-from space.sampling import block_types, sample
+from space.sampling import block_types, parse_blocks, sample
 from tests.conftest import tiny
 
 
@@ -78,12 +78,13 @@ def toy() -> Iterator[None]:
 
 
 def sampled(n: int, budget: int) -> list:
+    """Architectures drawn from a space of CMT and the toy type (``--blocks cmt,toy``)."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    return [sample(study.ask(), budget) for _ in range(n)]
+    return [sample(study.ask(), budget, blocks=parse_blocks("cmt,toy")) for _ in range(n)]
 
 
 def test_the_space_offers_a_registered_block_type(toy: None) -> None:
-    assert block_types()[-1] == "toy"
+    assert block_types()[-1] == "toy" and parse_blocks("all")[-1] == "toy"
     archs = sampled(40, 600_000_000)
     toys = [a for a in archs if "toy" in a.block_mix]
     assert toys and all(estimate(a).macs <= 600_000_000 for a in archs)
@@ -96,7 +97,14 @@ def test_its_formula_equals_fvcores_count(toy: None) -> None:
 
 
 def test_a_search_and_its_reports_take_it(toy: None, tmp_path: Path, fake_proxy: list) -> None:
-    config = tiny(trials=12, out=str(tmp_path / "run"), seed=3, scaling="cmt", baselines="none")
+    config = tiny(
+        trials=12,
+        out=str(tmp_path / "run"),
+        seed=3,
+        scaling="cmt",
+        baselines="none",
+        blocks="cmt,aewin,toy",
+    )
     results = pipeline.run(config)
     assert results.trials.blocks.str.contains("toy").any()
     write_reports(config.out, config, results)

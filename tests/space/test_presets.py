@@ -20,6 +20,10 @@ EXPECTED = {
     # No published table: the CSWin-T layout is 22-23M params and 4.3G; ours splits heads three
     # ways and its window heads attend 49 tokens where CSWin's stripes attend 56-98.
     "aewin_t": (22e6, 23e6, 4.3e9, 0.03),
+    # timm's models, parameter for parameter (tests/blocks/test_timm_equal.py); MACs against
+    # timm's table
+    "botnet26t": (12_488_672, 12_488_672, 3.32e9, 0.01),
+    "halonet26t": (12_480_288, 12_480_288, 3.19e9, 0.01),
 }
 
 

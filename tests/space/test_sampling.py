@@ -13,7 +13,15 @@ from blocks.cot import CoTStage
 from blocks.dualvit import DualStage
 from space.cost import count, estimate
 from space.genotype import ArchSpec
-from space.sampling import SPACE, block_types, largest_macs, sample, smallest_macs
+from space.sampling import (
+    DEFAULT_BLOCKS,
+    SPACE,
+    block_types,
+    largest_macs,
+    parse_blocks,
+    sample,
+    smallest_macs,
+)
 
 BUDGETS = (600_000_000, 1_500_000_000, 4_000_000_000, 9_000_000_000)
 
@@ -64,8 +72,8 @@ def test_fvcore_agrees_on_100_sampled_architectures(drawn: dict) -> None:
 def test_every_block_type_and_every_value_appears(drawn: dict, budget: int) -> None:
     archs, params = drawn[budget]
     blocks_at = {(i, stage.block) for arch in archs for i, stage in enumerate(arch.stages)}
-    assert block_types() == ("cmt", "aewin", "cot", "dual")
-    assert blocks_at == {(i, b) for i in range(4) for b in block_types()}
+    assert DEFAULT_BLOCKS == ("cmt", "aewin", "cot", "dual")
+    assert blocks_at == {(i, b) for i in range(4) for b in DEFAULT_BLOCKS}
     seen: dict[str, set] = defaultdict(set)
     for trial_params in params:
         for name, value in trial_params.items():
@@ -141,3 +149,69 @@ def test_the_ceiling_is_the_largest_reachable_architecture() -> None:
     assert max(macs) <= ceiling and max(macs) > 0.1 * ceiling
     with pytest.raises(ValueError, match=r"above the largest architecture .* GMACs"):
         sample(optuna.create_study().ask(), ceiling + 1)
+
+
+def test_the_whole_space_draws_bot_and_halo_within_the_budget() -> None:
+    """``blocks="all"``: every searchable type appears, the budget holds, fvcore agrees."""
+    assert block_types() == ("cmt", "aewin", "cot", "dual", "bot", "halo")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    archs, seen = [], defaultdict(set)
+    for _ in range(60):
+        trial = study.ask()
+        archs.append(sample(trial, 4_000_000_000, blocks=block_types()))
+        for name, value in trial.params.items():
+            seen[name].add(value)
+    assert max(estimate(arch).macs for arch in archs) <= 4_000_000_000
+    mixes = {stage.block for arch in archs for stage in arch.stages}
+    assert mixes == set(block_types())
+    assert seen["s2_halo_block"] == {4, 8} and seen["s2_bot_layout"] == {"alternate", "attention"}
+    for block in ("bot", "halo"):
+        arch = next(a for a in archs if sum(s.block == block for s in a.stages) >= 2)
+        assert count(arch) == estimate(arch), arch.block_mix
+
+
+def test_only_the_chosen_block_types_are_drawn() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(10):
+        arch = sample(study.ask(), 4_000_000_000, blocks=("cmt", "halo"))
+        assert {stage.block for stage in arch.stages} <= {"cmt", "halo"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("cmt,maxvit", "unknown block type 'maxvit'"), ("", "blocks must be all or block types")],
+)
+def test_a_bad_block_list_names_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_blocks(text)
+
+
+def test_block_lists_parse_in_registration_order() -> None:
+    assert parse_blocks("halo, cmt") == ("cmt", "halo")
+    assert parse_blocks("all") == block_types()
+
+
+@pytest.mark.parametrize("block", ["bot", "halo"])
+def test_the_costliest_layout_is_the_costliest_at_the_ceiling(block: str) -> None:
+    """The ceiling is the space's largest scale; there each stage's costliest layout must cost
+    at least as much as the other searched one."""
+    import dataclasses
+
+    from blocks import BLOCKS
+    from space.sampling import FIT_HIGH, SHARED, _build, scaled
+
+    stage_type = BLOCKS.get(block)
+    costliest = [stage_type.costliest(i, SHARED) for i in range(4)]
+    stages = [
+        (block, {"depth": SPACE["depth"][i][1], "width": max(SPACE["width"][i]), **c._asdict()})
+        for i, c in enumerate(costliest)
+    ]
+    top = scaled(_build(max(SPACE["stem_width"]), 224, stages), FIT_HIGH)
+    for i, stage in enumerate(top.stages):
+        for layout in stage_type.SEARCHED_LAYOUTS:
+            options = dataclasses.replace(stage.options, layout=layout)
+            other = dataclasses.replace(stage, options=options)
+            changed = dataclasses.replace(
+                top, stages=(*top.stages[:i], other, *top.stages[i + 1 :])
+            )
+            assert estimate(changed).macs <= estimate(top).macs, (i, layout)
