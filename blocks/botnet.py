@@ -74,13 +74,13 @@ class BottleneckAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(x).view(b, 3, self.heads, self.head_dim, h * w).unbind(1)
+        q, k, v = self.qkv(x).reshape(b, 3, self.heads, self.head_dim, h * w).unbind(1)
         q, k, v = (t.transpose(-2, -1) for t in (q, k, v))  # (B, heads, h*w, d)
         grid = q.reshape(b * self.heads, h, w, self.head_dim)
         positions = relative_logits(
             grid, resize_offsets(self.height_rel, h), resize_offsets(self.width_rel, w)
         )
-        out = attend(q, k, v, positions.view(b, self.heads, h * w, h * w))
+        out = attend(q, k, v, positions.reshape(b, self.heads, h * w, h * w))
         return self.pool(out.transpose(-2, -1).reshape(b, c, h, w))
 
 

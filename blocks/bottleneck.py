@@ -149,7 +149,6 @@ class _Bottleneck(nn.Module):
         self.reduce = _conv_bn(in_width, mid, 1)
         self.middle = middle
         self.expand = _conv_bn(mid, width, 1)
-        nn.init.zeros_(self.expand[1].weight)  # each block starts as its shortcut
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_width != width:
             self.shortcut = _conv_bn(in_width, width, 1, stride=stride)
@@ -163,6 +162,10 @@ class _Bottleneck(nn.Module):
         if stride != 1 or in_width != width:
             total += _conv_bn_cost(in_width, width, 1, size**2)
         return total
+
+    def zero_init_last(self) -> None:
+        """Start the block as its shortcut (the backbone calls this after initialising)."""
+        nn.init.zeros_(self.expand[1].weight)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.expand(self.middle(F.relu(self.reduce(x))))

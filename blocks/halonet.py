@@ -80,7 +80,7 @@ class HaloAttention(nn.Module):
         x = pad_to_multiple(x, self.block, self.block)
         rows, cols = x.shape[-2] // self.block, x.shape[-1] // self.block
         query_block, heads, d = self.block // self.stride, self.heads, self.head_dim
-        q = self.q(x).view(b * heads, d, rows, query_block, cols, query_block)
+        q = self.q(x).reshape(b * heads, d, rows, query_block, cols, query_block)
         q = q.permute(0, 2, 4, 3, 5, 1).reshape(b * heads, rows * cols, query_block**2, d)
         kv = F.pad(self.kv(x), (self.halo,) * 4)
         kv = kv.unfold(2, self.window, self.block).unfold(3, self.window, self.block)
@@ -88,8 +88,8 @@ class HaloAttention(nn.Module):
         k, v = kv.split(d, dim=-1)
         grid = q.reshape(-1, query_block, query_block, d)
         positions = relative_logits(grid, self.height_rel, self.width_rel)
-        out = attend(q, k, v, positions.view(b * heads, rows * cols, query_block**2, -1))
-        out = out.view(b, heads, rows, cols, query_block, query_block, d)
+        out = attend(q, k, v, positions.reshape(b * heads, rows * cols, query_block**2, -1))
+        out = out.reshape(b, heads, rows, cols, query_block, query_block, d)
         out = out.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, c, rows * query_block, cols * query_block)
         return out[..., : math.ceil(h / self.stride), : math.ceil(w / self.stride)]
 

@@ -231,3 +231,12 @@ def test_a_model_trains_after_inference_mode_built_its_masks() -> None:
     with torch.inference_mode():
         model.eval()(x)
     model.train()(x).sum().backward()
+
+
+@pytest.mark.parametrize("block", sorted(SMALL_OPTIONS))
+def test_forward_backward_channels_last(block: str) -> None:
+    """The proxy trains channels_last: every block type takes maps in that layout."""
+    model = build_model(small_arch(block), num_classes=7).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    model(x).square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
