@@ -108,7 +108,12 @@ def run(target: Target, count: int, budget: int, whole: bool = False) -> list[di
     for name, arch in networks(count, budget):
         key = (name, arch.to_json(), table.fingerprint.key)
         if key not in done or (done[key]["predicted_ms"] is None and not whole):
-            done[key] = _row(name, arch, table, target, whole)
+            try:
+                done[key] = _row(name, arch, table, target, whole)
+            except Exception as error:  # an export the target's toolchain refuses
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                print(f"{name}: not measured ({type(error).__name__}: {first[:200]})")
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:
                 handle.write(json.dumps(done[key]) + "\n")
