@@ -7,6 +7,7 @@ and sampled genotypes within a MAC budget.
     python benchmarks/latency_prediction.py --retest 40           # measure 40 networks again
     python benchmarks/latency_prediction.py --whole --batch 32 --archs 0  # measured only
     python benchmarks/latency_prediction.py --presets-table       # the README's preset table
+    python benchmarks/latency_prediction.py --check-run runs/limited  # a limited search's trials
 
 Each network is predicted from the unit table (``latency.predict.predict_ms``, measuring the units
 the table lacks) and then measured whole (``latency.predict.measure``). Rows are appended to
@@ -21,8 +22,11 @@ first N networks of the results file whole once more, later in time (rows in
 network agree within +-5% and +-10%: the ceiling for any predictor on this machine. ``--whole``
 measures the networks whole without predicting them (no unit table: the preset table's large
 batches, where the units would take longer than the networks); ``--presets-table`` prints every
-preset's measured latency from the results files of both targets at batches 1 and 32. Run it on an
-idle machine: any other work on the cores moves every figure.
+preset's measured latency from the results files of both targets at batches 1 and 32.
+``--check-run FOLDER`` measures whole every trial of a search run with
+``--latency-budget`` and reports each against the limit, with the measurement's stated noise
+(interquartile range), in ``latency-check-<run>.jsonl``. Run it on an idle machine: any other
+work on the cores moves every figure.
 """
 
 from __future__ import annotations
@@ -248,6 +252,53 @@ def presets_table() -> None:
         )
 
 
+def check_run(folder: Path) -> None:
+    """Every trial of the latency-limited run in ``folder`` (failed ones were trained too)
+    measured whole, against
+    the limit: how far over it the measurement lands, and whether that exceeds its noise."""
+    from search.config import SearchConfig
+    from search.storage import trial_table
+
+    config = SearchConfig.from_json((folder / "config.json").read_text())
+    limit = config.latency_limit_ms
+    if limit is None:
+        raise SystemExit(f"{folder} was not searched with a latency budget (--latency-budget)")
+    target = config.latency_target()
+    trials = trial_table(folder)
+    trained = trials[(trials.state != "RUNNING") & (trials.arch != "")]  # failed ones trained too
+    path = RESULTS / f"latency-check-{folder.name}.jsonl"
+    done = {}
+    if path.exists():
+        done = {row["number"]: row for row in map(json.loads, path.read_text().splitlines())}
+    print(f"limit {limit:g} ms on {target.fingerprint().describe()}")
+    print(
+        "| trial | blocks | predicted ms | measured ms (IQR) | over the limit | beyond its noise |"
+    )
+    print("|---|---|---|---|---|---|")
+    for trial in trained.itertuples():
+        if trial.number not in done:
+            timing = measure(ArchSpec.from_json(trial.arch), target)
+            done[trial.number] = {
+                "number": trial.number,
+                "arch": trial.arch,
+                "predicted_ms": trial.latency_ms,
+                "measured_ms": timing.median_ms,
+                "q1_ms": timing.q1_ms,
+                "q3_ms": timing.q3_ms,
+                "limit_ms": limit,
+            }
+            with path.open("a") as handle:
+                handle.write(json.dumps(done[trial.number]) + "\n")
+        row = done[trial.number]
+        over = row["measured_ms"] / limit - 1
+        beyond = row["measured_ms"] - (row["q3_ms"] - row["q1_ms"]) > limit
+        print(
+            f"| {row['number']} | {trial.blocks} | {row['predicted_ms']:.1f} | "
+            f"{row['measured_ms']:.1f} ({row['q1_ms']:.1f}-{row['q3_ms']:.1f}) | {over:+.1%} | "
+            f"{'yes' if beyond else 'no'} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=TARGETS)
@@ -259,12 +310,15 @@ def main() -> None:
         "--retest", type=int, default=0, help="measure the first N networks again and compare"
     )
     parser.add_argument("--whole", action="store_true", help="measure only, predict nothing")
+    parser.add_argument("--check-run", type=Path, help="a latency-limited run folder to check")
     parser.add_argument(
         "--presets-table", action="store_true", help="print the presets' measured latencies"
     )
     args = parser.parse_args()
     target = Target(args.device, args.batch, args.threads)
-    if args.presets_table:
+    if args.check_run is not None:
+        check_run(args.check_run)
+    elif args.presets_table:
         presets_table()
     elif args.retest:
         retest(target, args.retest)
