@@ -56,6 +56,14 @@ STAGE_OPTIONS = {  # a block type's options when it replaces stage 3 (width 256 
     "aewin": {"heads": 4, "mlp_ratio": 4.0, "options": {"stripe": 7}},
     "cot": {"heads": 1, "mlp_ratio": 4.0, "options": {"kernel": 3}},
     "dual": {"heads": 4, "mlp_ratio": 4.0, "options": {"pool": 7, "mode": "dual"}},
+    # every block attending, as the other types' stacks do; Halo with its smallest block and
+    # halo (the proxy's stage-3 map is 2 px: blocks of 8 would attend over 62 padded positions)
+    "bot": {"heads": 4, "mlp_ratio": 4.0, "options": {"layout": "attention"}},
+    "halo": {
+        "heads": 8,
+        "mlp_ratio": 4.0,
+        "options": {"layout": "attention", "block": 4, "halo": 1},
+    },
 }
 SPLITS = {
     "1/4,1/4,1/2": (0.25, 0.25, 0.5),
@@ -124,7 +132,7 @@ def depth_for_width(arch: ArchSpec, depth: float) -> ArchSpec:
 def variants() -> dict[str, dict[str, dict[str, ArchSpec]]]:
     """base -> dimension -> choice -> architecture (the base's own choice included)."""
     b = bases()
-    blocks = ("cmt", "aewin", "cot", "dual")
+    blocks = ("cmt", "aewin", "cot", "dual", "bot", "halo")
     return {
         "cmt_s": {
             "stage-3 block type": {x: stage3_block(b["cmt_s"], x) for x in blocks},
