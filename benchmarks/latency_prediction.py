@@ -47,6 +47,8 @@ import optuna  # noqa: E402
 from latency.predict import measure, predict_ms  # noqa: E402
 from latency.table import LatencyTable  # noqa: E402
 from latency.target import TARGETS, Target  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
+from search.storage import trial_table  # noqa: E402
 from space import presets  # noqa: E402
 from space.cost import estimate, parse_budget  # noqa: E402
 from space.genotype import ArchSpec  # noqa: E402
@@ -184,7 +186,7 @@ def report(rows: list[dict]) -> None:
 
 def retest(target: Target, count: int) -> None:
     """Measure the first ``count`` networks of the results file again and compare."""
-    fingerprint = LatencyTable(target, TABLES).fingerprint.key
+    fingerprint = target.fingerprint().key
     first = [
         row
         for row in map(json.loads, results_path(target).read_text().splitlines())
@@ -256,9 +258,6 @@ def check_run(folder: Path) -> None:
     """Every trial of the latency-limited run in ``folder`` (failed ones were trained too)
     measured whole, against
     the limit: how far over it the measurement lands, and whether that exceeds its noise."""
-    from search.config import SearchConfig
-    from search.storage import trial_table
-
     config = SearchConfig.from_json((folder / "config.json").read_text())
     limit = config.latency_limit_ms
     if limit is None:

@@ -94,6 +94,7 @@ class BoTStage(BottleneckStage):
     """BoTNet stage: bottlenecks, global relative-position attention in those that attend."""
 
     options_type = BoTOptions
+    prefix = "bot"
 
     @classmethod
     def attention(cls, plan: StagePlan, mid: int, stride: int, size: int) -> nn.Module:

@@ -51,6 +51,7 @@ __all__ = [
     "TieredStem",
     "attends",
     "relative_logits",
+    "relative_logits_cost",
 ]
 
 LAYOUTS = ("conv", "alternate", "attention")
@@ -245,6 +246,7 @@ class BottleneckStage(Stage):
     (a ``BottleneckOptions`` subclass) and its searched choices."""
 
     options_type: ClassVar[type[BlockOptions]] = BottleneckOptions
+    prefix: ClassVar[str]  # of its searched parameters' names: s{stage}_{prefix}_heads ...
     RATIOS: ClassVar[tuple[float, ...]] = (2.0, 4.0)  # searched width / bottleneck width
     HEADS: ClassVar[tuple[int, ...]] = (4, 8)
     SEARCHED_LAYOUTS: ClassVar[tuple[str, ...]] = ("alternate", "attention")
@@ -296,14 +298,14 @@ class BottleneckStage(Stage):
     @classmethod
     def draw(cls, trial: TrialLike, stage: int, shared: SharedChoices) -> StageChoice:
         """Heads, the bottleneck ratio, then the layout and the type's own options."""
-        name = cls.options_type.__name__.removesuffix("Options").lower()
-        heads = trial.suggest_categorical(f"s{stage}_{name}_heads", cls.HEADS)
-        ratio = trial.suggest_categorical(f"s{stage}_{name}_ratio", cls.RATIOS)
-        layout = trial.suggest_categorical(f"s{stage}_{name}_layout", cls.SEARCHED_LAYOUTS)
-        return StageChoice(heads, ratio, cls.draw_own(trial, stage, name, layout))
+        name = f"s{stage}_{cls.prefix}"
+        heads = trial.suggest_categorical(f"{name}_heads", cls.HEADS)
+        ratio = trial.suggest_categorical(f"{name}_ratio", cls.RATIOS)
+        layout = trial.suggest_categorical(f"{name}_layout", cls.SEARCHED_LAYOUTS)
+        return StageChoice(heads, ratio, cls.draw_own(trial, stage, layout))
 
     @classmethod
-    def draw_own(cls, trial: TrialLike, stage: int, name: str, layout: str) -> BlockOptions:
+    def draw_own(cls, trial: TrialLike, stage: int, layout: str) -> BlockOptions:
         """The options after the layout (default: the layout alone)."""
         return cls.options_type(layout=layout)
 

@@ -116,6 +116,7 @@ class HaloStage(BottleneckStage):
     """HaloNet stage: bottlenecks, blocked local attention with a halo in those that attend."""
 
     options_type = HaloOptions
+    prefix = "halo"
     BLOCK_SIZES = (4, 8)  # searched query-block sides
     HALOS = (1, 2, 3)  # searched halo widths
 
@@ -139,9 +140,9 @@ class HaloStage(BottleneckStage):
         )
 
     @classmethod
-    def draw_own(cls, trial: TrialLike, stage: int, name: str, layout: str) -> HaloOptions:
-        block = trial.suggest_categorical(f"s{stage}_halo_block", cls.BLOCK_SIZES)
-        halo = trial.suggest_categorical(f"s{stage}_halo_halo", cls.HALOS)
+    def draw_own(cls, trial: TrialLike, stage: int, layout: str) -> HaloOptions:
+        block = trial.suggest_categorical(f"s{stage}_{cls.prefix}_block", cls.BLOCK_SIZES)
+        halo = trial.suggest_categorical(f"s{stage}_{cls.prefix}_halo", cls.HALOS)
         return HaloOptions(layout=layout, block=block, halo=halo)
 
     @classmethod
