@@ -64,6 +64,9 @@ STAGE_OPTIONS = {  # a block type's options when it replaces stage 3 (width 256 
         "mlp_ratio": 4.0,
         "options": {"layout": "attention", "block": 4, "halo": 1},
     },
+    # heads of 32 channels as their presets; CoAtNet's stage 3 attends (C-C-T-T)
+    "maxvit": {"heads": 8, "mlp_ratio": 4.0, "options": {"window": 7, "grid": 7}},
+    "coatnet": {"heads": 8, "mlp_ratio": 4.0, "options": {"kind": "attention"}},
 }
 SPLITS = {
     "1/4,1/4,1/2": (0.25, 0.25, 0.5),
@@ -132,7 +135,7 @@ def depth_for_width(arch: ArchSpec, depth: float) -> ArchSpec:
 def variants() -> dict[str, dict[str, dict[str, ArchSpec]]]:
     """base -> dimension -> choice -> architecture (the base's own choice included)."""
     b = bases()
-    blocks = ("cmt", "aewin", "cot", "dual", "bot", "halo")
+    blocks = ("cmt", "aewin", "cot", "dual", "bot", "halo", "maxvit", "coatnet")
     return {
         "cmt_s": {
             "stage-3 block type": {x: stage3_block(b["cmt_s"], x) for x in blocks},

@@ -1,5 +1,5 @@
-"""PyTorch modules of the hybrid block families (CMT, AEWin, CoT, Dual-ViT, BoTNet, HaloNet) and
-the backbone.
+"""PyTorch modules of the hybrid block families (CMT, AEWin, CoT, Dual-ViT, BoTNet, HaloNet, MaxViT,
+CoAtNet) and the backbone.
 
 Importing the package registers every block type, stem and head; ``build_model(arch)`` turns an
 architecture genotype into a model.
@@ -16,6 +16,9 @@ from blocks import aewin, cot, dualvit, heads  # noqa: F401
 
 # isort: split
 from blocks import botnet, halonet  # noqa: F401
+
+# isort: split
+from blocks import coatnet, maxvit  # noqa: F401
 from blocks.attention import (
     attend,
     explicit_attention,

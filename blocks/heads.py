@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from blocks.formulas import Cost, conv, linear, norm
 from blocks.registry import HEADS, StageLike
 
-__all__ = ["ConvHead", "NormHead", "PoolHead"]
+__all__ = ["ConvHead", "NormHead", "NormMlpHead", "PoolHead"]
 
 
 @HEADS.register("conv")
@@ -69,12 +69,13 @@ class NormHead(nn.Module):
     """LayerNorm -> global average pool -> dropout -> linear (Swin, CSWin)."""
 
     has_width = False
+    eps = 1e-5
 
     def __init__(
         self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(last.width)
+        self.norm = nn.LayerNorm(last.width, eps=self.eps)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(last.width, num_classes)
 
@@ -86,4 +87,31 @@ class NormHead(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
         x = self.norm(x.permute(0, 2, 3, 1)).mean(dim=(1, 2))
+        return self.fc(self.dropout(x))
+
+
+@HEADS.register("norm-mlp")
+class NormMlpHead(nn.Module):
+    """Global average pool -> LayerNorm -> linear to ``width`` -> tanh -> dropout -> linear
+    (timm's ``NormMlpClassifierHead``, MaxViT's)."""
+
+    has_width = True
+
+    def __init__(
+        self, last: StageLike, *, width: int, num_classes: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(last.width)
+        self.pre_logits = nn.Linear(last.width, width)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, num_classes)
+
+    @staticmethod
+    def cost(
+        last: StageLike, *, width: int, num_classes: int, feature_size: int, tokens: int
+    ) -> Cost:
+        return norm(last.width) + linear(last.width, width, 1) + linear(width, num_classes, 1)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        x = self.pre_logits(self.norm(x.mean(dim=(2, 3)))).tanh()
         return self.fc(self.dropout(x))

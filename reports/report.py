@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -373,15 +374,16 @@ def _method_section(config: SearchConfig) -> list[str]:
         "learning rate (its reason says so); if that fails too, it is not ranked.",
         f"- Search: {config.backend} backend, {config.sampler} sampler, early stopping "
         f"{'on' if config.prune else 'off'}; every setting is in [config.json](config.json).",
-        *_blind_spot_lines(recipe.resolution),
+        *_blind_spot_lines(recipe.resolution, config.block_types),
         "",
     ]
 
 
-def _blind_spot_lines(resolution: int) -> list[str]:
-    """What the proxy input cannot tell apart (``space.geometry``): the searched choices that
-    give the same model at it, and so were chosen by MACs and by chance."""
-    spots = blind_spots(resolution)
+def _blind_spot_lines(resolution: int, blocks: Sequence[str] | None = None) -> list[str]:
+    """What the proxy input cannot tell apart (``space.geometry``): the searched choices of the
+    block types ``blocks`` that give the same model at it, and so were chosen by MACs and by
+    chance."""
+    spots = blind_spots(resolution, blocks)
     if not spots:
         return [f"- At the {resolution}px proxy input every searched choice gives its own model."]
     return [

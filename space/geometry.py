@@ -6,7 +6,8 @@ computation there cannot differ in the proxy's accuracy, whatever its seeds: Dua
 pools 7, 10 and 14 all pool a 6x6 map to one token. ``visible_choices`` works this out from
 shapes alone (no training), for each dimension whose effect depends on the map size, as
 each registered block type states it (``Stage.map_choices``): CMT's k, AEWin's stripe width
-and head split, Dual-ViT's token pool, and whatever a new block type declares.
+and head split, Dual-ViT's token pool, MaxViT's window and grid, and whatever a new block type
+declares.
 
 ``benchmarks/geometry.py`` prints the table for the usual proxy inputs; the sensitivity study
 (``benchmarks/sensitivity.py``) measures whether the distinct choices also move the accuracy.
@@ -14,6 +15,7 @@ and head split, Dual-ViT's token pool, and whatever a new block type declares.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from blocks import BLOCKS
@@ -37,13 +39,14 @@ class Visibility(NamedTuple):
         return len(set(self.effective))
 
 
-def visible_choices(resolution: int) -> list[Visibility]:
-    """Each map-dependent searched dimension of each searchable block type at each stage, at an
-    input of ``resolution`` pixels (see the module docstring)."""
+def visible_choices(resolution: int, blocks: Sequence[str] | None = None) -> list[Visibility]:
+    """Each map-dependent searched dimension of each block type of ``blocks`` (default: every
+    searchable type) at each stage, at an input of ``resolution`` pixels (see the module
+    docstring)."""
     rows = []
     for name in BLOCKS.names():
         stage_type = BLOCKS.get(name)
-        if not stage_type.searchable:
+        if not stage_type.searchable or (blocks is not None and name not in blocks):
             continue
         for stage in range(4):
             side = stage_size(resolution, stage)
@@ -54,11 +57,12 @@ def visible_choices(resolution: int) -> list[Visibility]:
     return rows
 
 
-def blind_spots(resolution: int) -> list[str]:
-    """One phrase per dimension and stage whose choices collapse at input ``resolution``:
-    which choices give the same computation there (empty when every choice is distinct)."""
+def blind_spots(resolution: int, blocks: Sequence[str] | None = None) -> list[str]:
+    """One phrase per dimension and stage of the block types ``blocks`` (default: every
+    searchable type) whose choices collapse at input ``resolution``: which choices give the
+    same computation there (empty when every choice is distinct)."""
     phrases = []
-    for row in visible_choices(resolution):
+    for row in visible_choices(resolution, blocks):
         if row.distinct == len(row.choices):
             continue
         groups: dict[object, list[str]] = {}

@@ -13,9 +13,11 @@ from typing import NamedTuple
 from blocks.aewin import AEWinOptions
 from blocks.botnet import BoTOptions
 from blocks.cmt import CMTOptions
+from blocks.coatnet import CoAtOptions
 from blocks.cot import CoTOptions
 from blocks.dualvit import DualOptions
 from blocks.halonet import HaloOptions
+from blocks.maxvit import MaxViTOptions
 from space.genotype import ArchSpec, StageSpec
 
 __all__ = ["PUBLISHED", "Published", "get", "names"]
@@ -164,6 +166,48 @@ def halonet26t() -> ArchSpec:
     return _resnet26t("halo", 8, HaloOptions, block=8, halo=2)
 
 
+def maxvit_tiny() -> ArchSpec:
+    """timm's ``maxvit_tiny_tf_224`` (MaxViT-T): stem of 64, depths 2/2/5/2, widths
+    64/128/256/512, heads of 32 channels, MLP ratio 4, windows and grids of 7, the norm-MLP head
+    of 512."""
+    table = (
+        # depth, width
+        (2, 64),
+        (2, 128),
+        (5, 256),
+        (2, 512),
+    )
+    stages = tuple(
+        StageSpec("maxvit", depth, width, width // 32, 4.0, MaxViTOptions(window=7, grid=7))
+        for depth, width in table
+    )
+    return ArchSpec(stages, 224, stem="maxvit", stem_width=64, head="norm-mlp", head_width=512)
+
+
+def coatnet_0() -> ArchSpec:
+    """timm's ``coatnet_0_rw_224``: stem of 64, C-C-T-T with depths 2/3/7/2 (deeper than the
+    paper's CoAtNet-0), widths 96/192/384/768, heads of 32 channels, ratios 4."""
+    table = (
+        # depth, width, kind
+        (2, 96, "conv"),
+        (3, 192, "conv"),
+        (7, 384, "attention"),
+        (2, 768, "attention"),
+    )
+    stages = tuple(
+        StageSpec(
+            "coatnet",
+            depth,
+            width,
+            width // 32 if kind == "attention" else 1,
+            4.0,
+            CoAtOptions(kind),
+        )
+        for depth, width, kind in table
+    )
+    return ArchSpec(stages, 224, stem="coatnet", stem_width=64, head="coat", head_width=0)
+
+
 _PRESETS: dict[str, Callable[[], ArchSpec]] = {
     "cmt_ti": cmt_ti,
     "cmt_xs": cmt_xs,
@@ -174,6 +218,8 @@ _PRESETS: dict[str, Callable[[], ArchSpec]] = {
     "aewin_t": aewin_t,
     "botnet26t": botnet26t,
     "halonet26t": halonet26t,
+    "maxvit_tiny": maxvit_tiny,
+    "coatnet_0": coatnet_0,
 }
 
 PUBLISHED: dict[str, Published] = {
@@ -188,6 +234,8 @@ PUBLISHED: dict[str, Published] = {
     "aewin_t": Published(22e6, None, "AEWin abstract (no per-variant table was published)"),
     "botnet26t": Published(12.49e6, 3.32e9, "timm's botnet26t_256 (its table, at 256 px)"),
     "halonet26t": Published(12.48e6, 3.19e9, "timm's halonet26t (its table, at 256 px)"),
+    "maxvit_tiny": Published(30.92e6, 5.60e9, "timm's maxvit_tiny_tf_224 (its table)"),
+    "coatnet_0": Published(27.44e6, 4.43e9, "timm's coatnet_0_rw_224 (its table)"),
 }
 
 

@@ -11,10 +11,12 @@ from blocks import BLOCKS, build_model, explicit_attention
 from blocks.aewin import AEWinOptions, AxialWindowAttention, window_mask
 from blocks.botnet import BoTOptions
 from blocks.cmt import CMTOptions
+from blocks.coatnet import CoAtOptions, RelativeAttention
 from blocks.cot import CoTLayer, CoTOptions
 from blocks.dualvit import DualOptions, SemanticTokens
 from blocks.halonet import HaloOptions
 from blocks.layers import DepthwiseConv2d
+from blocks.maxvit import MaxViTOptions, PartitionAttention
 from space.genotype import ArchSpec, StageSpec
 
 SMALL_OPTIONS = {
@@ -32,6 +34,8 @@ SMALL_OPTIONS = {
             ("attention", 2, 1),
         )
     ],
+    "maxvit": [MaxViTOptions(window, grid) for window, grid in ((7, 7), (4, 7), (4, 4), (7, 4))],
+    "coatnet": [CoAtOptions(kind) for kind in ("conv", "attention", "attention", "conv")],
 }
 
 
@@ -42,6 +46,8 @@ def small_arch(block: str, resolution: int = 96) -> ArchSpec:
         heads = (1, 1, 1, 1)
     if block in ("bot", "halo"):  # width over bottleneck width 2: bottlenecks of 16-64
         heads = (2, 2, 4, 4)
+    if block == "coatnet":  # stage 2 attends at 32 channels from stage 1 with heads of 16
+        heads = (1, 4, 3, 4)
     stages = tuple(
         StageSpec(block, 2 if i < 3 else 1, widths[i], heads[i], 2.0, SMALL_OPTIONS[block][i])
         for i in range(4)
@@ -240,3 +246,71 @@ def test_forward_backward_channels_last(block: str) -> None:
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     model(x).square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def _partition_attention_by_loops(layer: PartitionAttention, x: torch.Tensor) -> torch.Tensor:
+    """MaxViT's window or grid attention written per query: the keys are the real pixels of its
+    group on the map padded to whole partitions; the bias is read at their partition offsets."""
+    b, h, w, c = x.shape
+    heads, part = layer.heads, layer.part
+    ph, pw = min(part, h), min(part, w)
+    cells = (math.ceil(h / ph), math.ceil(w / pw))  # cells per side (grid) or windows per side
+    q, k, v = layer.qkv(x).reshape(b, h, w, 3, heads, c // heads).unbind(3)
+
+    def place(y: int, x_: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(group, position in the group) of pixel (y, x_)."""
+        if layer.grid:
+            return (y % cells[0], x_ % cells[1]), (y // cells[0], x_ // cells[1])
+        return (y // ph, x_ // pw), (y % ph, x_ % pw)
+
+    out = torch.zeros(b, h, w, heads, c // heads, dtype=x.dtype)
+    for y in range(h):
+        for x_ in range(w):
+            group, (qy, qx) = place(y, x_)
+            keys = [(ky, kx) for ky in range(h) for kx in range(w) if place(ky, kx)[0] == group]
+            logits = torch.stack(
+                [
+                    (q[:, y, x_] * k[:, ky, kx]).sum(-1) * (c // heads) ** -0.5
+                    + layer.bias_table[:, ky_ - qy + part - 1, kx_ - qx + part - 1]
+                    for ky, kx in keys
+                    for ky_, kx_ in [place(ky, kx)[1]]
+                ],
+                dim=-1,
+            )  # (B, heads, keys)
+            values = torch.stack([v[:, ky, kx] for ky, kx in keys], dim=-2)  # (B, heads, keys, d)
+            out[:, y, x_] = (logits.softmax(-1)[..., None] * values).sum(-2)
+    return layer.proj(out.reshape(b, h, w, c))
+
+
+@pytest.mark.parametrize("grid", [False, True])
+@pytest.mark.parametrize(("height", "width", "part"), [(8, 8, 4), (6, 9, 4), (5, 3, 7), (7, 7, 7)])
+def test_maxvit_partition_attention_pads_masks_and_shrinks(
+    grid: bool, height: int, width: int, part: int
+) -> None:
+    """Whole partitions, a padded map (6 x 9 by 4), a map smaller than the partition (5 x 3 by
+    7: one group, the table's central offsets): all equal attention written per query."""
+    torch.manual_seed(0)
+    layer = PartitionAttention(16, heads=2, part=part, grid=grid).double()
+    with torch.no_grad():
+        layer.bias_table.normal_()
+    x = torch.randn(2, height, width, 16, dtype=torch.float64)
+    with torch.no_grad():
+        expected = _partition_attention_by_loops(layer, x)
+        torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
+        with explicit_attention():
+            torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
+
+
+def test_coatnet_relative_bias_on_a_smaller_map_is_the_central_offsets() -> None:
+    """A layer built for 7 x 7 on a 4 x 4 map equals one built for 4 x 4 holding the table's
+    central 7 x 7 offsets; on a larger map the table is resampled and the layer still runs."""
+    torch.manual_seed(0)
+    large = RelativeAttention(16, 24, heads=2, size=7).double()
+    small = RelativeAttention(16, 24, heads=2, size=4).double()
+    state = large.state_dict()
+    table = state["bias_table"].reshape(13, 13, 2)[3:10, 3:10].reshape(49, 2)
+    small.load_state_dict({**state, "bias_table": table})
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(large(x), small(x), atol=1e-12, rtol=0)
+        assert large(torch.randn(1, 16, 9, 9, dtype=torch.float64)).shape == (1, 24, 9, 9)

@@ -13,10 +13,14 @@ from search.proxy import ProxySettings
 from space import presets
 from space.cost import count
 from space.geometry import visible_choices
+from space.sampling import DEFAULT_BLOCKS, block_types
 
 
-def distinct(resolution: int) -> dict[tuple[str, int], int]:
-    return {(row.dimension, row.stage + 1): row.distinct for row in visible_choices(resolution)}
+def distinct(
+    resolution: int, blocks: tuple[str, ...] = DEFAULT_BLOCKS
+) -> dict[tuple[str, int], int]:
+    rows = visible_choices(resolution, blocks)
+    return {(row.dimension, row.stage + 1): row.distinct for row in rows}
 
 
 def test_the_default_proxy_cannot_tell_the_dual_pools_apart() -> None:
@@ -29,9 +33,14 @@ def test_the_default_proxy_cannot_tell_the_dual_pools_apart() -> None:
 
 
 def test_48px_is_the_smallest_input_where_every_dimension_varies() -> None:
+    """In the default space; MaxViT's windows and grids of 4 and 7 both cover stage 4's map up
+    to 128 px (4 px), so with every type the smallest such input is 160 px."""
     assert min(distinct(48).values()) == 2 and min(distinct(32).values()) == 1
     assert distinct(128)[("Dual pool", 1)] == 3
     assert min(distinct(224).values()) >= 2
+    every = block_types()
+    assert min(distinct(128, every).values()) == 1 and min(distinct(160, every).values()) == 2
+    assert distinct(128, every)[("MaxViT window", 4)] == 1
 
 
 @pytest.mark.parametrize("proxy", [24, 48, 64])

@@ -151,12 +151,12 @@ def test_the_ceiling_is_the_largest_reachable_architecture() -> None:
         sample(optuna.create_study().ask(), ceiling + 1)
 
 
-def test_the_whole_space_draws_bot_and_halo_within_the_budget() -> None:
+def test_the_whole_space_draws_every_type_within_the_budget() -> None:
     """``blocks="all"``: every searchable type appears, the budget holds, fvcore agrees."""
-    assert block_types() == ("cmt", "aewin", "cot", "dual", "bot", "halo")
+    assert block_types() == ("cmt", "aewin", "cot", "dual", "bot", "halo", "coatnet", "maxvit")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     archs, seen = [], defaultdict(set)
-    for _ in range(60):
+    for _ in range(80):
         trial = study.ask()
         archs.append(sample(trial, 4_000_000_000, blocks=block_types()))
         for name, value in trial.params.items():
@@ -165,7 +165,8 @@ def test_the_whole_space_draws_bot_and_halo_within_the_budget() -> None:
     mixes = {stage.block for arch in archs for stage in arch.stages}
     assert mixes == set(block_types())
     assert seen["s2_halo_block"] == {4, 8} and seen["s2_bot_layout"] == {"alternate", "attention"}
-    for block in ("bot", "halo"):
+    assert seen["s2_maxvit_window"] == {4, 7} and seen["s2_coatnet_kind"] == {"conv", "attention"}
+    for block in ("bot", "halo", "coatnet", "maxvit"):
         arch = next(a for a in archs if sum(s.block == block for s in a.stages) >= 2)
         assert count(arch) == estimate(arch), arch.block_mix
 
@@ -179,7 +180,7 @@ def test_only_the_chosen_block_types_are_drawn() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("cmt,maxvit", "unknown block type 'maxvit'"), ("", "blocks must be all or block types")],
+    [("cmt,levit", "unknown block type 'levit'"), ("", "blocks must be all or block types")],
 )
 def test_a_bad_block_list_names_the_problem(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -215,3 +216,47 @@ def test_the_costliest_layout_is_the_costliest_at_the_ceiling(block: str) -> Non
                 top, stages=(*top.stages[:i], other, *top.stages[i + 1 :])
             )
             assert estimate(changed).macs <= estimate(top).macs, (i, layout)
+
+
+@pytest.mark.parametrize("block", ["maxvit", "coatnet"])
+def test_the_costliest_and_cheapest_choices_bound_the_others(block: str) -> None:
+    """At the ceiling's scale no searched option of a MaxViT or CoAtNet stage costs more than
+    its costliest choice; at the floor's none costs less than its cheapest."""
+    import dataclasses
+    import itertools
+
+    from blocks import BLOCKS
+    from blocks.coatnet import CoAtOptions
+    from blocks.maxvit import MaxViTOptions
+    from space.sampling import FIT_HIGH, FIT_LOW, SHARED, _build, scaled
+
+    stage_type = BLOCKS.get(block)
+    own = (
+        [MaxViTOptions(w, g) for w, g in itertools.product(stage_type.PARTS, repeat=2)]
+        if block == "maxvit"
+        else [CoAtOptions(kind) for kind in stage_type.KINDS]
+    )
+    for bound, phi, depth, width, stem, worse in (
+        (stage_type.costliest, FIT_HIGH, 1, max, max, int.__le__),
+        (stage_type.cheapest, FIT_LOW, 0, min, min, int.__ge__),
+    ):
+        choices = [bound(i, SHARED) for i in range(4)]
+        stages = [
+            (
+                block,
+                {
+                    "depth": SPACE["depth"][i][depth],
+                    "width": width(SPACE["width"][i]),
+                    **c._asdict(),
+                },
+            )
+            for i, c in enumerate(choices)
+        ]
+        extreme = scaled(_build(stem(SPACE["stem_width"]), 224, stages), phi)
+        for i, stage in enumerate(extreme.stages):
+            for options in own:
+                other = dataclasses.replace(stage, options=options)
+                changed = dataclasses.replace(
+                    extreme, stages=(*extreme.stages[:i], other, *extreme.stages[i + 1 :])
+                )
+                assert worse(estimate(changed).macs, estimate(extreme).macs), (i, options)
