@@ -274,7 +274,7 @@ class AxialWindowAttention(nn.Module):
 
         bias = stripe_mask(h, rows, w, q.device)
         out = attend(split(q), split(k), split(v), bias)  # (B, S, heads, rows*W, d)
-        out = out.transpose(2, 3).reshape(b, h + pad, w, c)
+        out = torch.cat(out.unbind(2), dim=-1).reshape(b, h + pad, w, c)  # heads concatenated
         return out[:, :h]
 
     def window_attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
@@ -297,8 +297,10 @@ class AxialWindowAttention(nn.Module):
         if mask is not None:
             bias = bias + mask[:, None]  # (windows, heads, N, N)
         out = attend(split(q), split(k), split(v), bias)  # (B, windows, heads, N, d)
-        out = out.view(b, hp // wh, wp // ww, heads, wh, ww, c // heads)
-        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)
+        # heads concatenated by a copy: a view of the kernel's output is one that torch.export's
+        # decomposition cannot take (the ONNX export of a one-window map failed)
+        out = torch.cat(out.unbind(2), dim=-1).view(b, hp // wh, wp // ww, wh, ww, c)
+        out = out.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
         if shift != (0, 0):
             out = torch.roll(out, shifts=shift, dims=(1, 2))
         return out[:, :h, :w]

@@ -106,10 +106,10 @@ class CoAtHead(NormHead):
     eps = EPS
 
 
-def head_width(in_width: int, stage_head_width: int) -> int:
-    """The head width of a block attending at ``in_width``: the stage's, or the largest that
-    divides both where the stage's does not divide ``in_width``."""
-    return math.gcd(in_width, stage_head_width)
+def head_channels(in_width: int, stage_head_channels: int) -> int:
+    """The channels per head of a block attending at ``in_width``: the stage's, or the largest
+    number dividing both where the stage's does not divide ``in_width``."""
+    return math.gcd(in_width, stage_head_channels)
 
 
 class RelativeAttention(nn.Module):
@@ -163,7 +163,7 @@ class CoAtTransformer(nn.Module):
         in_width: int,
         width: int,
         *,
-        head_width: int,
+        head_channels: int,
         mlp_ratio: float,
         size: int,
         stride: int = 1,
@@ -174,7 +174,7 @@ class CoAtTransformer(nn.Module):
         self.shortcut = Downsample(in_width, width, stride, bias=False)
         self.norm1 = LayerNorm2d(in_width, eps=EPS)
         self.down = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
-        self.attn = RelativeAttention(in_width, width, heads=in_width // head_width, size=size)
+        self.attn = RelativeAttention(in_width, width, heads=in_width // head_channels, size=size)
         self.norm2 = LayerNorm2d(width, eps=EPS)
         self.mlp = nn.Sequential()
         self.mlp.add_module("fc1", nn.Conv2d(width, hidden, 1))
@@ -183,9 +183,9 @@ class CoAtTransformer(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     @staticmethod
-    def cost(in_width: int, width: int, *, head_width: int, mlp_ratio: float, size: int) -> Cost:
+    def cost(in_width: int, width: int, *, head_channels: int, mlp_ratio: float, size: int) -> Cost:
         hidden, pixels = int(width * mlp_ratio), size * size
-        heads = in_width // head_width
+        heads = in_width // head_channels
         return (
             Downsample.cost(in_width, width, pixels, bias=False)
             + norm(in_width)
@@ -231,7 +231,7 @@ class CoAtStage(Stage):
                     CoAtTransformer(
                         in_width,
                         spec.width,
-                        head_width=head_width(in_width, spec.width // spec.heads),
+                        head_channels=head_channels(in_width, spec.width // spec.heads),
                         mlp_ratio=ratio,
                         size=plan.feature_size,
                         stride=stride,
@@ -260,7 +260,7 @@ class CoAtStage(Stage):
                 total += CoAtTransformer.cost(
                     in_width,
                     spec.width,
-                    head_width=head_width(in_width, spec.width // spec.heads),
+                    head_channels=head_channels(in_width, spec.width // spec.heads),
                     mlp_ratio=ratio,
                     size=plan.feature_size,
                 )

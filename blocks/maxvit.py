@@ -166,7 +166,7 @@ class PartitionAttention(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        b, h, w, c = x.shape
+        b, h, w, _ = x.shape
         part = (min(self.part, h), min(self.part, w))
         padded = (math.ceil(h / part[0]) * part[0], math.ceil(w / part[1]) * part[1])
         qkv = F.pad(self.qkv(x), (0, 0, 0, padded[1] - w, 0, padded[0] - h))
@@ -181,7 +181,9 @@ class PartitionAttention(nn.Module):
         if mask is not None:
             bias = bias + mask
         out = attend(q, k, v, bias)  # (B, G, heads, N, d)
-        out = out.transpose(2, 3).reshape(b, -1, part[0] * part[1], c)
+        # heads concatenated by a copy: a reshape of the transposed output is a view that
+        # torch.export's decomposition of the fused kernel cannot take (the ONNX export fails)
+        out = torch.cat(out.unbind(2), dim=-1)  # (B, G, N, C)
         out = unpartition(out, part, padded, self.grid)[:, :h, :w]
         return self.proj(out)
 

@@ -147,10 +147,22 @@ class SameConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def _conv(in_width: int, out_width: int, kernel: int, *, stride: int, tf: bool, **kw) -> nn.Conv2d:
+def _conv(
+    in_width: int,
+    out_width: int,
+    kernel: int,
+    *,
+    stride: int,
+    tf: bool,
+    groups: int = 1,
+    bias: bool = True,
+) -> nn.Conv2d:
+    """A conv with TF 'same' padding (``tf``) or PyTorch's symmetric ``kernel // 2``."""
     if tf:
-        return SameConv2d(in_width, out_width, kernel, stride=stride, **kw)
-    return nn.Conv2d(in_width, out_width, kernel, stride, padding=kernel // 2, **kw)
+        return SameConv2d(in_width, out_width, kernel, stride=stride, groups=groups, bias=bias)
+    return nn.Conv2d(
+        in_width, out_width, kernel, stride, padding=kernel // 2, groups=groups, bias=bias
+    )
 
 
 class SqueezeExcite(nn.Module):

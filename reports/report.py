@@ -180,8 +180,9 @@ def _title(config: SearchConfig, results: Results) -> list[str]:
         ]
     return [
         *lines,
-        f"{len(trials)} trials ({_counts(trials)}) searched hybrid backbones (CMT, AEWin, CoT, "
-        f"Dual-ViT blocks) under {_gmacs(budget)} GMACs at {config.resolution}px. The best "
+        f"{len(trials)} trials ({_counts(trials)}) searched hybrid backbones (block types "
+        f"{', '.join(config.block_types)}) under {_gmacs(budget)} GMACs at {config.resolution}px. "
+        "The best "
         f"within the budget, S, is trial {best.number}, `{best.blocks}`: "
         f"{best.accuracy:.1%} proxy top-1 at {_gmacs(best.macs)} GMACs "
         f"({best.macs / budget:.0%} of the budget), {best.params / 1e6:.2f}M parameters.",
