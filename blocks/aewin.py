@@ -356,6 +356,9 @@ class AEWinStage(Stage):
     }
     STRIPES = (1, 2, 7)  # searched stripe widths
     WINDOW = 7  # the window side is not searched
+    fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
+        r"blocks\.\d+\.attn\.qkv\.(weight|bias)": (0, 3)
+    }
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()

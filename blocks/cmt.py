@@ -47,6 +47,7 @@ from blocks.registry import (
     MapChoice,
     SharedChoices,
     Stage,
+    StageLike,
     StagePlan,
     TrialLike,
 )
@@ -217,6 +218,12 @@ class CMTStage(Stage):
 
     options_type = CMTOptions
     KV_REDUCTIONS = ((4, 8), (2, 4), (1, 2), (1, 2))  # searched k per stage
+
+    @classmethod
+    def own_tensors(cls, spec: StageLike) -> dict[str, str]:
+        """The key grid is k times smaller: the reduction conv and the bias table are k's own."""
+        k = f"k={spec.options.kv_reduction}"
+        return {r"relative_bias": k, r"blocks\.\d+\.attn\.reduce\..+": k}
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +221,16 @@ class CoTStage(Stage):
     options_type = CoTOptions
     RATIOS = (2.0, 4.0)  # searched width / bottleneck width
     KERNELS = (3, 5)  # searched kernel sizes
+    # the attention embedding reads [x, static context] stacked on its input channels
+    fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
+        r"blocks\.\d+\.cot\.embed\.0\.weight": (1, 2)
+    }
+
+    @classmethod
+    def own_tensors(cls, spec: StageLike) -> dict[str, str]:
+        """The attention weights come k x k per group: their last conv and norm are the
+        kernel's own (the static k x k conv shares, a 3 x 3 kernel being the 5 x 5's centre)."""
+        return {r"blocks\.\d+\.cot\.embed\.[34]\..+": f"kernel={spec.options.kernel}"}
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()

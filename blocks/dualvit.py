@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -307,6 +308,10 @@ class DualStage(Stage):
     options_type = DualOptions
     POOLS = (7, 10, 14)  # searched token pools, one per network
     MODES = (("dual",), ("dual",), ("dual", "merge"), ("dual", "merge"))  # searched per stage
+    fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
+        r".+\.(kv|pixel_kv)\.(weight|bias)": (0, 2),
+        r".+\.semantic_qkv\.1\.(weight|bias)": (0, 3),
+    }
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()

@@ -182,6 +182,9 @@ class Stage(nn.Module):
     ``forward(x, tokens) -> (x, tokens)`` maps a (B, C_in, H, W) map and optional semantic
     tokens to (B, C, ceil(H / stride), ceil(W / stride)) and the tokens it passes on, or None.
 
+    One-shot sharing: ``fused_tensors`` and ``own_tensors`` tell the supernet how to slice the
+    stage's tensors from the ones shared by every stage of its type.
+
     Costing: ``cost(plan)`` gives the stage's parameters and MACs without building it, and
     ``token_count`` how many semantic tokens it passes on.
 
@@ -197,6 +200,11 @@ class Stage(nn.Module):
 
     options_type: ClassVar[type[BlockOptions]]
     searchable: ClassVar[bool] = True
+    # For the one-shot supernet (``oneshot.supernet``), which runs a stage on slices of tensors
+    # shared by every stage of its type: the tensors whose ``dimension`` stacks ``parts`` equal
+    # parts (a fused q/k/v layer), by a pattern of their name within the stage, so that each part
+    # is sliced alike. ``own_tensors`` names those that cannot be shared across an option's values.
+    fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {}
 
     @staticmethod
     def token_count(spec: StageLike, feature_size: int, tokens_in: int) -> int:
@@ -241,6 +249,12 @@ class Stage(nn.Module):
     def costliest_options(cls, stage: int) -> BlockOptions:
         """The block's options with the most MACs (default: the options' defaults)."""
         return cls.options_type()
+
+    @classmethod
+    def own_tensors(cls, spec: StageLike) -> dict[str, str]:
+        """Name pattern (within the stage) -> the option value owning the tensors it matches:
+        a supernet keeps one copy of them per value (default: every tensor shared)."""
+        return {}
 
     @classmethod
     def map_choices(cls, stage: int, side: int) -> list[MapChoice]:

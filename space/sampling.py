@@ -33,6 +33,7 @@ __all__ = [
     "TrialLike",
     "block_types",
     "check_budget",
+    "draw",
     "largest_macs",
     "largest_within",
     "parse_blocks",
@@ -256,6 +257,18 @@ def check_budget(
     return floor
 
 
+def draw(trial: TrialLike, resolution: int = 224, blocks: Sequence[str] | None = None) -> ArchSpec:
+    """The architecture ``trial`` draws from the block types ``blocks`` (default:
+    ``DEFAULT_BLOCKS``) before any fitting: the stem width, then per stage its block type,
+    depth, width (each rounded to the nearest valid one), heads, ratio and options, as listed in
+    ``SPACE`` and by each block type. ``sample`` fits it to a budget; the one-shot supernet
+    (``oneshot``) scores it as drawn."""
+    network: dict[str, Any] = {}
+    stem_width = trial.suggest_categorical("stem_width", SPACE["stem_width"])
+    stages = [_draw_stage(trial, i, network, _types(blocks)) for i in range(NUM_STAGES)]
+    return _build(stem_width, resolution, stages)
+
+
 def sample(
     trial: TrialLike,
     budget_macs: int,
@@ -272,11 +285,8 @@ def sample(
     """
     blocks = _types(blocks)
     floor = check_budget(budget_macs, resolution, blocks)
-    network: dict[str, Any] = {}
     target = max(floor, int(trial.suggest_float("budget_use", *SPACE["budget_use"]) * budget_macs))
-    stem_width = trial.suggest_categorical("stem_width", SPACE["stem_width"])
-    stages = [_draw_stage(trial, i, network, blocks) for i in range(NUM_STAGES)]
-    fitted = _fit(_build(stem_width, resolution, stages), target)
+    fitted = _fit(draw(trial, resolution, blocks), target)
     if fitted is None:
         fitted = _fit(_smallest(resolution, blocks), target)
     assert fitted is not None and estimate(fitted).macs <= budget_macs
