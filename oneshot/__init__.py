@@ -1,4 +1,5 @@
-"""One-shot search: a weight-sharing supernet over the search space (``oneshot.supernet``)."""
+"""One-shot search: a weight-sharing supernet over the search space (``oneshot.supernet``), its
+training and the scoring of subnets with inherited weights (``oneshot.train``)."""
 
 from __future__ import annotations
 

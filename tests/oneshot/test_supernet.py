@@ -95,7 +95,7 @@ def test_fused_layers_slice_each_part_alike(supernet: Supernet) -> None:
     options = [AEWinOptions((0.25, 0.25, 0.5), 7, 2)] * 4
     arch = one_type("aewin", (64, 128, 256, 512), options)
     name = "stages.2.blocks.0.attn.qkv.weight"
-    shared = getattr(supernet, supernet._names[supernet.shared_key(arch, name)])
+    shared = supernet.shared(supernet.shared_key(arch, name))
     full = shared.shape[0] // 3
     mine = supernet.tensors(arch)[name]
     for part in range(3):
@@ -136,15 +136,13 @@ def test_training_a_subnet_trains_only_its_slices() -> None:
     x, y = torch.randn(4, 3, RESOLUTION, RESOLUTION), torch.randint(0, 10, (4,))
     torch.nn.functional.cross_entropy(supernet(x, arch), y).backward()
     name = "stages.1.blocks.0.attn.q.weight"
-    shared = getattr(supernet, supernet._names[supernet.shared_key(arch, name)])
+    shared = supernet.shared(supernet.shared_key(arch, name))
     assert shared.grad[:96, :96].abs().sum() > 0
     assert shared.grad[96:].abs().sum() == 0 and shared.grad[:, 96:].abs().sum() == 0
-    deeper = getattr(supernet, supernet._names["stages.1.cmt.blocks.5.attn.q.weight"])
+    deeper = supernet.shared("stages.1.cmt.blocks.5.attn.q.weight")
     assert deeper.grad is None  # a block the subnet does not have
-    stats = getattr(
-        supernet,
-        supernet._names[supernet.shared_key(arch, "stages.1.blocks.0.ffn.expand.2.running_mean")],
-    )
+    running_mean = supernet.shared_key(arch, "stages.1.blocks.0.ffn.expand.2.running_mean")
+    stats = supernet.shared(running_mean)
     assert stats[:384].abs().sum() > 0 and stats[384:].abs().sum() == 0  # hidden 4 x 96
 
 
@@ -153,6 +151,8 @@ def test_a_subnet_outside_the_space_is_refused() -> None:
     arch = one_type("cot", (64, 128, 256, 512), [CoTOptions(3)] * 4)
     with pytest.raises(ValueError, match="not in this supernet's space"):
         supernet.tensors(arch)
+    with pytest.raises(ValueError, match=r"no shared tensor 'stages\.0\.cot"):
+        supernet.shared("stages.0.cot.blocks.0.reduce.0.weight")
 
 
 def test_take_cuts_leading_centre_and_fused_parts() -> None:

@@ -17,12 +17,14 @@ from tests.search.test_proxy import tiny_arch
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "example-run" / "best_arch.json"
 
 
-def test_timm_builds_the_same_model_as_build_model() -> None:
-    """Same genotype, same seed: the same modules, parameters and outputs."""
+@pytest.mark.parametrize("name", ["cmt_ti", "botnet26t", "maxvit_tiny", "coatnet_0"])
+def test_timm_builds_the_same_model_as_build_model(name: str) -> None:
+    """Same genotype, same seed: the same modules, parameters and outputs (the families with
+    their own stems and heads among them)."""
     torch.manual_seed(0)
-    ours = build_model(presets.get("cmt_ti"), 10, resolution=64).eval()
+    ours = build_model(presets.get(name), 10, resolution=64).eval()
     torch.manual_seed(0)
-    theirs = timm.create_model("hybrid_nas", arch="cmt_ti", num_classes=10, img_size=64).eval()
+    theirs = timm.create_model("hybrid_nas", arch=name, num_classes=10, img_size=64).eval()
     assert type(theirs) is type(ours)
     assert list(theirs.state_dict()) == list(ours.state_dict())
     x = torch.randn(2, 3, 64, 64)

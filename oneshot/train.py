@@ -1,0 +1,264 @@
+"""Training the supernet, and scoring a subnet with the weights it inherits.
+
+Every step trains ``SupernetRecipe.subnets`` subnets on one batch and takes one optimiser step
+with their summed gradients, by the sandwich rule (BigNAS, NASViT): the largest architecture of
+the space fitted to the budget, the smallest, and subnets drawn at random exactly as the search
+draws its trials (``space.sampling.sample``, within the MAC budget). A draw the supernet cannot
+run (a fit that scaled a width or depth past the space's largest) is drawn again. The recipe is
+the proxy's (AdamW without decay on biases and norms, linear warm-up then cosine decay, label
+smoothing, the same images and augmentation: ``search.images``) over more epochs.
+
+The supernet, the optimiser, the schedule and every random state are saved after each epoch
+(written to a temporary file and renamed, so a kill never leaves half a checkpoint): a killed
+training resumes at the epoch after the last one saved, and gives the tensors an uninterrupted
+one would (on the CPU, bit for bit).
+
+A subnet's batch-norm statistics in the supernet mix those of every subnet trained; before it is
+scored (``score``) they are estimated afresh on ``calibration_batches`` training batches
+(cumulative averages, nothing trained), then its top-1 is measured on the validation images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from common.datasets import ImageData
+from common.fields import check_values
+from oneshot.supernet import Supernet, template
+from search.images import ImageSource, prepare
+from space.genotype import ArchSpec
+from space.sampling import largest_within, sample, smallest
+
+__all__ = ["RandomTrial", "SupernetRecipe", "sandwich", "score", "train_supernet"]
+
+MAX_DRAWS = 100  # draws for one subnet the supernet can run before giving up
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetRecipe:
+    """How the supernet trains: the proxy's recipe over ``epochs``, ``subnets`` subnets a step
+    (the largest, the smallest, then random ones), and ``calibration_batches`` batches that
+    re-estimate a subnet's batch-norm statistics before it is scored."""
+
+    epochs: int = 4
+    resolution: int = 24
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.3
+    label_smoothing: float = 0.1
+    subnets: int = 4
+    calibration_batches: int = 4
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": (lambda v: v > 0, "> 0"),
+            "weight_decay": (lambda v: v >= 0, ">= 0"),
+            "warmup_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        }
+        integers = ("epochs", "resolution", "batch_size", "subnets", "calibration_batches")
+        check_values(self, integers, checks)
+
+
+class RandomTrial:
+    """A trial that answers every ``suggest_*`` at random from ``rng``: the search space's draw
+    without an Optuna study (thousands of them cost nothing)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.rng.choice(list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return self.rng.randint(low, high)
+
+    def suggest_float(self, name: str, low: float, high: float) -> float:
+        return self.rng.uniform(low, high)
+
+
+def drawn(supernet: Supernet, budget_macs: int, rng: random.Random) -> ArchSpec:
+    """A subnet drawn as the search draws a trial, within ``budget_macs``, that the supernet can
+    run (redrawn otherwise)."""
+    for _ in range(MAX_DRAWS):
+        arch = sample(RandomTrial(rng), budget_macs, blocks=supernet.blocks)
+        if supernet.covers(arch):
+            return arch
+    raise ValueError(
+        f"none of {MAX_DRAWS} draws within {budget_macs:,} MACs fits the supernet's largest "
+        "widths and depths"
+    )
+
+
+def sandwich(supernet: Supernet, budget_macs: int, count: int, rng: random.Random) -> list:
+    """The subnets of one step: the space's largest within the budget, its smallest, then
+    ``count - 2`` drawn at random (fewer than three: the first ``count`` of those)."""
+    ends = [largest_within(budget_macs, blocks=supernet.blocks), smallest(blocks=supernet.blocks)]
+    for arch in ends:
+        if not supernet.covers(arch):
+            raise ValueError(f"the supernet cannot run the space's {arch.block_mix} end")
+    chosen = ends[:count]
+    return chosen + [drawn(supernet, budget_macs, rng) for _ in range(count - len(chosen))]
+
+
+def _optimizer(supernet: Supernet, recipe: SupernetRecipe, steps: int) -> tuple:
+    decay = [p for p in supernet.parameters() if p.ndim >= 2]
+    no_decay = [p for p in supernet.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=recipe.lr,
+    )
+    warmup = max(1, round(steps * recipe.warmup_fraction))
+    schedule = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps - warmup)),
+        ],
+        milestones=[warmup],
+    )
+    return optimizer, schedule
+
+
+def train_supernet(
+    supernet: Supernet,
+    data: ImageData,
+    recipe: SupernetRecipe,
+    *,
+    budget_macs: int,
+    checkpoint: Path,
+    seed: int = 0,
+    epochs: int | None = None,
+) -> list[float]:
+    """Train ``supernet`` on ``data`` by ``recipe`` (see the module docstring), resuming from
+    ``checkpoint`` when it exists and saving it after every epoch; ``epochs`` stops after that
+    many (default: all of the recipe's). Returns each epoch's mean training loss so far."""
+    device = next(supernet.parameters()).device
+    train_set = ImageSource(data.train, device)
+    steps = recipe.epochs * train_set.steps(recipe.batch_size)
+    optimizer, schedule = _optimizer(supernet, recipe, steps)
+    rng = random.Random(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    losses: list[float] = []
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        supernet.load_state_dict(saved["supernet"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        rng.setstate(saved["rng"])
+        generator.set_state(saved["generator"].to(generator.device))
+        losses = saved["losses"]
+    supernet.train()
+    for epoch in range(len(losses), recipe.epochs if epochs is None else epochs):
+        total, count = 0.0, 0
+        batches = train_set.batches(recipe.batch_size, train=True, generator=generator, epoch=epoch)
+        for images, labels in batches:
+            x = prepare(
+                images,
+                recipe.resolution,
+                augment=True,
+                flips=train_set.natural,
+                generator=generator,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            for arch in sandwich(supernet, budget_macs, recipe.subnets, rng):
+                loss = F.cross_entropy(
+                    supernet(x, arch), labels, label_smoothing=recipe.label_smoothing
+                )
+                (loss / recipe.subnets).backward()
+                total, count = total + float(loss.detach()), count + 1
+            optimizer.step()
+            schedule.step()
+        losses.append(total / max(count, 1))
+        _save(checkpoint, supernet, optimizer, schedule, rng, generator, losses)
+    return losses
+
+
+def _save(
+    path: Path,
+    supernet: Supernet,
+    optimizer: Any,
+    schedule: Any,
+    rng: random.Random,
+    generator: torch.Generator,
+    losses: list[float],
+) -> None:
+    """Write the checkpoint beside ``path`` and rename it over ``path`` (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(
+        {
+            "supernet": supernet.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": rng.getstate(),
+            "generator": generator.get_state(),
+            "losses": losses,
+        },
+        partial,
+    )
+    os.replace(partial, path)
+
+
+def _calibration(
+    supernet: Supernet, arch: ArchSpec
+) -> tuple[nn.Module, dict[str, Tensor], list[nn.modules.batchnorm._BatchNorm]]:
+    """``arch``'s template, its tensors with fresh batch-norm statistics, and its norms."""
+    model = template(arch, supernet.resolution, supernet.num_classes)
+    tensors = supernet.tensors(arch)
+    norms = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            prefix = f"{name}." if name else ""
+            mean, var = tensors[prefix + "running_mean"], tensors[prefix + "running_var"]
+            tensors[prefix + "running_mean"] = torch.zeros_like(mean)
+            tensors[prefix + "running_var"] = torch.ones_like(var)
+            tensors[prefix + "num_batches_tracked"] = torch.zeros_like(
+                tensors[prefix + "num_batches_tracked"]
+            )
+            norms.append(module)
+    return model, tensors, norms
+
+
+def score(
+    supernet: Supernet,
+    arch: ArchSpec,
+    calibration: Iterator[Tensor] | Sequence[Tensor],
+    val: Sequence[tuple[Tensor, Tensor]],
+) -> float:
+    """Top-1 of ``arch`` with its inherited weights on the validation batches ``val`` (prepared
+    images, labels), its batch-norm statistics first re-estimated on the prepared ``calibration``
+    images (a cumulative average over them)."""
+    model, tensors, norms = _calibration(supernet, arch)
+    momenta = [norm.momentum for norm in norms]
+    try:
+        for norm in norms:
+            norm.momentum = None  # a cumulative average
+        model.train()
+        with torch.no_grad():
+            for x in calibration:
+                functional_call(model, tensors, (x,), strict=True)
+            model.eval()
+            correct = total = 0
+            for x, labels in val:
+                logits = functional_call(model, tensors, (x,), strict=True)
+                correct += int((logits.argmax(dim=1) == labels).sum())
+                total += len(labels)
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+    return correct / max(total, 1)
