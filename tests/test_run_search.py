@@ -175,7 +175,7 @@ def existing_run(tmp_path: Path, fake_proxy: list) -> Path:
         (["--data", "fashion:/no/such/folder"], "apt-get install dataset-fashion-mnist"),
         (["--data", "clutter@20"], "the canvas (20 px) must be at least as large as a digit"),
         (["--trials", "0"], "trials must be an integer >= 1"),
-        (["--blocks", "cmt,maxvit"], "unknown block type 'maxvit' in blocks; searchable: cmt"),
+        (["--blocks", "cmt,levit"], "unknown block type 'levit' in blocks; searchable: cmt"),
         (["--latency-budget", "30ms"], "a latency budget needs a latency device"),
         (
             ["--backend", "ray", "--ray-address", "127.0.0.1:9"],
