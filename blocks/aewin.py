@@ -356,6 +356,7 @@ class AEWinStage(Stage):
     }
     STRIPES = (1, 2, 7)  # searched stripe widths
     WINDOW = 7  # the window side is not searched
+    one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
     fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
         r"blocks\.\d+\.attn\.qkv\.(weight|bias)": (0, 3)
     }

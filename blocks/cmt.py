@@ -218,6 +218,7 @@ class CMTStage(Stage):
 
     options_type = CMTOptions
     KV_REDUCTIONS = ((4, 8), (2, 4), (1, 2), (1, 2))  # searched k per stage
+    one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
 
     @classmethod
     def own_tensors(cls, spec: StageLike) -> dict[str, str]:

@@ -221,6 +221,7 @@ class CoTStage(Stage):
     options_type = CoTOptions
     RATIOS = (2.0, 4.0)  # searched width / bottleneck width
     KERNELS = (3, 5)  # searched kernel sizes
+    one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
     # the attention embedding reads [x, static context] stacked on its input channels
     fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
         r"blocks\.\d+\.cot\.embed\.0\.weight": (1, 2)

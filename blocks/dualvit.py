@@ -308,6 +308,7 @@ class DualStage(Stage):
     options_type = DualOptions
     POOLS = (7, 10, 14)  # searched token pools, one per network
     MODES = (("dual",), ("dual",), ("dual", "merge"), ("dual", "merge"))  # searched per stage
+    one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
     fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
         r".+\.(kv|pixel_kv)\.(weight|bias)": (0, 2),
         r".+\.semantic_qkv\.1\.(weight|bias)": (0, 3),

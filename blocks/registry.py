@@ -205,6 +205,9 @@ class Stage(nn.Module):
     # parts (a fused q/k/v layer), by a pattern of their name within the stage, so that each part
     # is sliced alike. ``own_tensors`` names those that cannot be shared across an option's values.
     fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {}
+    # Whether those declarations have been made for this type (the supernet refuses it until
+    # they are: a fused layer sliced as one tensor would share the wrong channels).
+    one_shot: ClassVar[bool] = False
 
     @staticmethod
     def token_count(spec: StageLike, feature_size: int, tokens_in: int) -> int:

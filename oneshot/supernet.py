@@ -150,6 +150,13 @@ class Supernet(nn.Module):
         unknown = set(self.blocks) - set(BLOCKS.names())
         if unknown:
             raise ValueError(f"unknown block type(s) {', '.join(sorted(unknown))}")
+        undeclared = [block for block in self.blocks if not BLOCKS.get(block).one_shot]
+        if undeclared:
+            ready = ", ".join(name for name in BLOCKS.names() if BLOCKS.get(name).one_shot)
+            raise ValueError(
+                f"the supernet cannot hold {', '.join(undeclared)} yet (how its tensors share is "
+                f"not declared); it holds {ready}"
+            )
         self._names: dict[str, str] = {}  # shared key -> attribute name
         shapes: dict[str, list[int]] = {}
         owners: dict[str, nn.Module] = {}

@@ -56,7 +56,7 @@ SPACE: dict[str, Any] = {
     "budget_use": (0.75, 1.0),
 }
 # The default space: the block types whose proxy fidelity was measured (docs/data.md). The
-# others registered (BoTNet, HaloNet) join with ``blocks="all"`` or by name.
+# others registered (BoTNet, HaloNet, CoAtNet, MaxViT) join with ``blocks="all"`` or by name.
 DEFAULT_BLOCKS = ("cmt", "aewin", "cot", "dual")
 SHARED = SharedChoices(heads=SPACE["heads"], mlp_ratios=SPACE["mlp_ratio"])
 FIT_LOW, FIT_HIGH = -24.0, 8.0  # phi range of the fit; at -24 every depth is 1, widths minimal

@@ -146,6 +146,11 @@ def test_training_a_subnet_trains_only_its_slices() -> None:
     assert stats[:384].abs().sum() > 0 and stats[384:].abs().sum() == 0  # hidden 4 x 96
 
 
+def test_a_type_without_declared_sharing_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot hold maxvit yet"):
+        Supernet(resolution=RESOLUTION, num_classes=10, blocks=("cmt", "maxvit"))
+
+
 def test_a_subnet_outside_the_space_is_refused() -> None:
     supernet = Supernet(resolution=RESOLUTION, num_classes=10, blocks=("cmt",))
     arch = one_type("cot", (64, 128, 256, 512), [CoTOptions(3)] * 4)
