@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=1000, help="validation images per score")
     args = parser.parse_args()
     recipe, budget = SupernetRecipe(), parse_budget(args.budget)
+    settings = recipe.proxy
     data = datasets.load(args.data)
     row: dict = {
         "machine": platform.processor() or platform.machine(),
@@ -56,7 +57,7 @@ def main() -> None:
 
     started = time.perf_counter()
     torch.manual_seed(0)
-    supernet = Supernet(resolution=recipe.resolution, num_classes=data.num_classes)
+    supernet = Supernet(resolution=settings.resolution, num_classes=data.num_classes)
     row["build_s"] = time.perf_counter() - started
     row["params"] = sum(p.numel() for p in supernet.parameters())
 
@@ -69,14 +70,14 @@ def main() -> None:
 
     device = torch.device("cpu")
     train = ImageSource(data.train, device)
-    row["steps_per_epoch"] = train.steps(recipe.batch_size)
-    optimizer = torch.optim.AdamW(supernet.parameters(), lr=recipe.lr)
+    row["steps_per_epoch"] = train.steps(settings.batch_size)
+    optimizer = torch.optim.AdamW(supernet.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(0)
-    batches = train.batches(recipe.batch_size, train=True, generator=generator, epoch=0)
+    batches = train.batches(settings.batch_size, train=True, generator=generator, epoch=0)
     supernet.train()
     started = time.perf_counter()
     for _, (images, labels) in zip(range(args.steps), batches, strict=False):
-        x = prepare(images, recipe.resolution, augment=True, flips=False, generator=generator)
+        x = prepare(images, settings.resolution, augment=True, flips=False, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         for arch in sandwich(supernet, budget, recipe.subnets, rng):
             F.cross_entropy(supernet(x, arch), labels).div(recipe.subnets).backward()
@@ -85,16 +86,16 @@ def main() -> None:
     row["train_s_per_epoch"] = row["train_s_per_step"] * row["steps_per_epoch"]
 
     calibration = [
-        prepare(images, recipe.resolution, augment=False, flips=False, generator=None)
+        prepare(images, settings.resolution, augment=False, flips=False, generator=None)
         for _, (images, _) in zip(
             range(recipe.calibration_batches),
-            train.batches(recipe.batch_size, train=True, generator=generator, epoch=1),
+            train.batches(settings.batch_size, train=True, generator=generator, epoch=1),
             strict=False,
         )
     ]
     val_set = ImageSource(data.val, device)
     val = [
-        (prepare(images, recipe.resolution, augment=False, flips=False, generator=None), labels)
+        (prepare(images, settings.resolution, augment=False, flips=False, generator=None), labels)
         for images, labels in val_set.batches(250, train=False)
     ][: max(1, args.val // 250)]
     archs = [drawn(supernet, budget, rng) for _ in range(args.subnets)]

@@ -40,6 +40,7 @@ from blocks.registry import (
     StageLike,
     StagePlan,
     TrialLike,
+    require_one_ratio,
 )
 
 __all__ = [
@@ -77,11 +78,7 @@ class BottleneckOptions(BlockOptions):
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     def check(self, stage: StageLike) -> None:
-        if isinstance(stage.mlp_ratio, tuple):
-            raise ValueError(
-                "mlp_ratio of a bottleneck stage is one number (width over bottleneck width), "
-                f"got the pattern {list(stage.mlp_ratio)}"
-            )
+        require_one_ratio(stage, "a bottleneck stage (width over bottleneck width)")
         mid = stage.width / stage.mlp_ratio
         if mid != int(mid) or int(mid) % stage.heads:
             raise ValueError(

@@ -53,6 +53,7 @@ from blocks.registry import (
     StageLike,
     StagePlan,
     TrialLike,
+    require_one_ratio,
 )
 
 __all__ = [
@@ -79,11 +80,7 @@ class CoAtOptions(BlockOptions):
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
     def check(self, stage: StageLike) -> None:
-        if isinstance(stage.mlp_ratio, tuple):
-            raise ValueError(
-                f"mlp_ratio of a CoAtNet stage is one number, got the pattern "
-                f"{list(stage.mlp_ratio)}"
-            )
+        require_one_ratio(stage, "a CoAtNet stage")
 
 
 @STEMS.register("coatnet")

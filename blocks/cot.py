@@ -43,6 +43,7 @@ from blocks.registry import (
     StageLike,
     StagePlan,
     TrialLike,
+    require_one_ratio,
 )
 from common.fields import check_integer
 
@@ -70,11 +71,7 @@ class CoTOptions(BlockOptions):
             raise ValueError(
                 f"heads must be 1 for a cot stage (it has no heads), got {stage.heads}"
             )
-        if isinstance(stage.mlp_ratio, tuple):
-            raise ValueError(
-                f"mlp_ratio of a cot stage is one number (width over bottleneck width), "
-                f"got the pattern {list(stage.mlp_ratio)}"
-            )
+        require_one_ratio(stage, "a cot stage (width over bottleneck width)")
         mid = stage.width / stage.mlp_ratio
         if mid != int(mid) or int(mid) % SHARE_PLANES:
             raise ValueError(

@@ -49,6 +49,7 @@ from blocks.registry import (
     StageLike,
     StagePlan,
     TrialLike,
+    require_one_ratio,
 )
 from common.fields import check_integer
 
@@ -70,11 +71,7 @@ class MaxViTOptions(BlockOptions):
         check_integer("grid", self.grid)
 
     def check(self, stage: StageLike) -> None:
-        if isinstance(stage.mlp_ratio, tuple):
-            raise ValueError(
-                "mlp_ratio of a MaxViT stage is one number, got the pattern "
-                f"{list(stage.mlp_ratio)}"
-            )
+        require_one_ratio(stage, "a MaxViT stage")
 
 
 @STEMS.register("maxvit")

@@ -36,6 +36,7 @@ __all__ = [
     "StageLike",
     "StagePlan",
     "TrialLike",
+    "require_one_ratio",
 ]
 
 T = TypeVar("T")
@@ -127,6 +128,15 @@ class BlockOptions:
 
     def check_follows(self, previous: StageLike) -> None:
         """Raise ``ValueError`` if a stage with these options cannot follow ``previous``."""
+
+
+def require_one_ratio(stage: StageLike, kind: str) -> None:
+    """Raise ``ValueError`` if ``stage``'s ``mlp_ratio`` is a pattern where ``kind`` (e.g. "a
+    MaxViT stage") takes one number."""
+    if isinstance(stage.mlp_ratio, tuple):
+        raise ValueError(
+            f"mlp_ratio of {kind} is one number, got the pattern {list(stage.mlp_ratio)}"
+        )
 
 
 class StagePlan(NamedTuple):

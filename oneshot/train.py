@@ -36,6 +36,7 @@ from common.datasets import ImageData
 from common.fields import check_values
 from oneshot.supernet import Supernet, template
 from search.images import ImageSource, prepare
+from search.proxy import ProxySettings, optimizer_and_schedule
 from space.genotype import ArchSpec
 from space.sampling import largest_within, sample, smallest
 
@@ -46,29 +47,17 @@ MAX_DRAWS = 100  # draws for one subnet the supernet can run before giving up
 
 @dataclasses.dataclass(frozen=True)
 class SupernetRecipe:
-    """How the supernet trains: the proxy's recipe over ``epochs``, ``subnets`` subnets a step
-    (the largest, the smallest, then random ones), and ``calibration_batches`` batches that
-    re-estimate a subnet's batch-norm statistics before it is scored."""
+    """How the supernet trains: the proxy's recipe (``proxy``: input, batch, AdamW, schedule,
+    label smoothing) over its epochs, ``subnets`` subnets a step (the largest, the smallest, then
+    random ones), and ``calibration_batches`` batches that re-estimate a subnet's batch-norm
+    statistics before it is scored."""
 
-    epochs: int = 4
-    resolution: int = 24
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.3
-    label_smoothing: float = 0.1
+    proxy: ProxySettings = dataclasses.field(default_factory=lambda: ProxySettings(epochs=4))
     subnets: int = 4
     calibration_batches: int = 4
 
     def __post_init__(self) -> None:
-        checks = {
-            "lr": (lambda v: v > 0, "> 0"),
-            "weight_decay": (lambda v: v >= 0, ">= 0"),
-            "warmup_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-            "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        }
-        integers = ("epochs", "resolution", "batch_size", "subnets", "calibration_batches")
-        check_values(self, integers, checks)
+        check_values(self, ("subnets", "calibration_batches"), {})
 
 
 class RandomTrial:
@@ -112,28 +101,6 @@ def sandwich(supernet: Supernet, budget_macs: int, count: int, rng: random.Rando
     return chosen + [drawn(supernet, budget_macs, rng) for _ in range(count - len(chosen))]
 
 
-def _optimizer(supernet: Supernet, recipe: SupernetRecipe, steps: int) -> tuple:
-    decay = [p for p in supernet.parameters() if p.ndim >= 2]
-    no_decay = [p for p in supernet.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=recipe.lr,
-    )
-    warmup = max(1, round(steps * recipe.warmup_fraction))
-    schedule = torch.optim.lr_scheduler.SequentialLR(
-        optimizer,
-        [
-            torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps - warmup)),
-        ],
-        milestones=[warmup],
-    )
-    return optimizer, schedule
-
-
 def train_supernet(
     supernet: Supernet,
     data: ImageData,
@@ -149,8 +116,11 @@ def train_supernet(
     many (default: all of the recipe's). Returns each epoch's mean training loss so far."""
     device = next(supernet.parameters()).device
     train_set = ImageSource(data.train, device)
-    steps = recipe.epochs * train_set.steps(recipe.batch_size)
-    optimizer, schedule = _optimizer(supernet, recipe, steps)
+    settings = recipe.proxy
+    steps = settings.epochs * train_set.steps(settings.batch_size)
+    optimizer, schedule = optimizer_and_schedule(
+        supernet.parameters(), settings, steps, device=device
+    )
     rng = random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     losses: list[float] = []
@@ -163,13 +133,15 @@ def train_supernet(
         generator.set_state(saved["generator"].to(generator.device))
         losses = saved["losses"]
     supernet.train()
-    for epoch in range(len(losses), recipe.epochs if epochs is None else epochs):
+    for epoch in range(len(losses), settings.epochs if epochs is None else epochs):
         total, count = 0.0, 0
-        batches = train_set.batches(recipe.batch_size, train=True, generator=generator, epoch=epoch)
+        batches = train_set.batches(
+            settings.batch_size, train=True, generator=generator, epoch=epoch
+        )
         for images, labels in batches:
             x = prepare(
                 images,
-                recipe.resolution,
+                settings.resolution,
                 augment=True,
                 flips=train_set.natural,
                 generator=generator,
@@ -177,7 +149,7 @@ def train_supernet(
             optimizer.zero_grad(set_to_none=True)
             for arch in sandwich(supernet, budget_macs, recipe.subnets, rng):
                 loss = F.cross_entropy(
-                    supernet(x, arch), labels, label_smoothing=recipe.label_smoothing
+                    supernet(x, arch), labels, label_smoothing=settings.label_smoothing
                 )
                 (loss / recipe.subnets).backward()
                 total, count = total + float(loss.detach()), count + 1

@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -54,6 +54,7 @@ __all__ = [
     "MIN_PROXY_RESOLUTION",
     "ProxyResult",
     "ProxySettings",
+    "optimizer_and_schedule",
     "train",
 ]
 
@@ -162,14 +163,32 @@ def _setup(
     model = model.to(dev, memory_format=torch.channels_last)
     amp = amp_dtype(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer, schedule = optimizer_and_schedule(
+        model.parameters(), settings, steps, device=dev, capture=capture
+    )
+    return _Run(model, optimizer, schedule, scaler, dev, amp)
+
+
+def optimizer_and_schedule(
+    parameters: Iterable[nn.Parameter],
+    settings: ProxySettings,
+    steps: int,
+    *,
+    device: torch.device,
+    capture: bool = False,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The proxy's optimiser: fused AdamW without decay on biases and norms (one-dimensional
+    tensors), a linear warm-up over ``warmup_fraction`` of ``steps`` then cosine decay.
+    ``capture`` makes it capturable (a CUDA graph replays its step; ``search.graphs``)."""
+    parameters = list(parameters)
+    decay = [p for p in parameters if p.ndim >= 2]
+    no_decay = [p for p in parameters if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": settings.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
-        lr=torch.tensor(settings.lr, device=dev) if capture else settings.lr,
+        lr=torch.tensor(settings.lr, device=device) if capture else settings.lr,
         fused=True,
         capturable=capture,
     )
@@ -182,7 +201,7 @@ def _setup(
         ],
         milestones=[warmup],
     )
-    return _Run(model, optimizer, schedule, scaler, dev, amp)
+    return optimizer, schedule
 
 
 def _step(run: _Run, x: Tensor, labels: Tensor, settings: ProxySettings) -> Tensor:

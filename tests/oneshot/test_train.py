@@ -14,12 +14,13 @@ from common.datasets import ImageData, ImageTensorDataset
 from oneshot import Supernet
 from oneshot.train import SupernetRecipe, sandwich, score, train_supernet
 from search.images import prepare
+from search.proxy import ProxySettings
 from space.cost import estimate, parse_budget
 from space.sampling import largest_within, smallest
 
 BUDGET = parse_budget("1GFLOPs")
 # two steps an epoch over the largest and smallest subnets (the random draws: test above)
-RECIPE = SupernetRecipe(epochs=2, batch_size=32, subnets=2, calibration_batches=2)
+RECIPE = SupernetRecipe(ProxySettings(epochs=2, batch_size=32), subnets=2, calibration_batches=2)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def digits() -> ImageData:
 
 def cmt_supernet() -> Supernet:
     torch.manual_seed(0)
-    return Supernet(resolution=RECIPE.resolution, num_classes=10, blocks=("cmt",))
+    return Supernet(resolution=RECIPE.proxy.resolution, num_classes=10, blocks=("cmt",))
 
 
 def test_a_step_trains_the_largest_the_smallest_and_random_subnets_within_the_budget() -> None:
