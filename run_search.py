@@ -7,6 +7,7 @@ and the report says which is more accurate at each size.
     python run_search.py --budget 600M --trials 30 --out runs/small
     python run_search.py --data cifar10:~/data --backend ray --gpus-per-trial 0.25 --trials 200
     python run_search.py --scaling cmt --baselines none    # the search and the family only
+    python run_search.py --strategy oneshot --out runs/oneshot  # a supernet's best subnets
     python run_search.py --out runs/small --report-only    # rebuild the reports, no training
 
 The run is a pipeline (search, scaling, family, baselines, noise; ``search.pipeline``).
@@ -88,7 +89,8 @@ def prepare(args: argparse.Namespace) -> SearchConfig:
 class Progress:
     """What the run shows while it works: a bar for the search's trials ("search"), then one
     for the trainings after it ("scaling, family, baselines, noise"), each with its count, the
-    time that remains and what trains now."""
+    time that remains and what trains now; a one-shot search's supernet epochs and scored
+    subnets come first."""
 
     def __init__(self, trials: int) -> None:
         from tqdm.auto import tqdm
@@ -99,6 +101,12 @@ class Progress:
         self.close()
         self.phase = phase
         self.bar = self.tqdm(total=total, desc=phase, unit=unit, dynamic_ncols=True)
+
+    def on_oneshot(self, phase: str, done: int, total: int) -> None:
+        """A one-shot search's supernet epochs, then its subnets scored."""
+        if self.phase != phase:
+            self._open(phase, total, "epoch" if phase == "supernet" else "subnet")
+        self.bar.update(done - self.bar.n)
 
     def on_trial(self, finished: int, best: float | None) -> None:
         if self.phase != "search":
@@ -133,6 +141,11 @@ def search_and_report(args: argparse.Namespace) -> None:
         Path(config.out).mkdir(parents=True, exist_ok=True)
         (Path(config.out) / "config.json").write_text(config.to_json() + "\n")
         baselines = config.baselines if config.baselines != "none" else "no baselines"
+        if config.strategy == "oneshot":
+            print(
+                f"one-shot: a supernet trained {config.supernet_epochs} epochs, {config.subnets} "
+                f"subnets scored with its weights, the best {config.trials} trained as trials"
+            )
         print(
             f"searching {config.trials} trials within {config.budget} at {config.resolution}px "
             f"on {config.data} ({config.backend}), then scaling ({config.scaling}), the family, "
@@ -143,6 +156,7 @@ def search_and_report(args: argparse.Namespace) -> None:
             config,
             on_trial=progress.on_trial,
             on_step=progress.on_step,
+            on_oneshot=progress.on_oneshot,
             report_only=args.report_only,
         )
     except ValueError as error:

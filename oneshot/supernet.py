@@ -55,7 +55,7 @@ from space.genotype import NUM_STAGES, ArchSpec, StageSpec
 from space.sampling import DEFAULT_BLOCKS, SHARED, SPACE
 from space.scaling import round_width
 
-__all__ = ["Supernet", "every_choice", "take", "template"]
+__all__ = ["Supernet", "check_blocks", "every_choice", "shared_numbers", "take", "template"]
 
 _STAGE = re.compile(r"stages\.(\d+)\.(.+)")
 _INDEX = re.compile(r"\b(stages|blocks)\.\d+")
@@ -147,27 +147,9 @@ class Supernet(nn.Module):
     ) -> None:
         super().__init__()
         self.resolution, self.num_classes, self.blocks = resolution, num_classes, tuple(blocks)
-        unknown = set(self.blocks) - set(BLOCKS.names())
-        if unknown:
-            raise ValueError(f"unknown block type(s) {', '.join(sorted(unknown))}")
-        undeclared = [block for block in self.blocks if not BLOCKS.get(block).one_shot]
-        if undeclared:
-            ready = ", ".join(name for name in BLOCKS.names() if BLOCKS.get(name).one_shot)
-            raise ValueError(
-                f"the supernet cannot hold {', '.join(undeclared)} yet (how its tensors share is "
-                f"not declared); it holds {ready}"
-            )
+        check_blocks(self.blocks)
         self._names: dict[str, str] = {}  # shared key -> attribute name
-        shapes: dict[str, list[int]] = {}
-        owners: dict[str, nn.Module] = {}
-        buffers: set[str] = set()
-        for key, module, tensor, is_buffer in self._templates():
-            if key not in shapes:
-                shapes[key], owners[key] = list(tensor.shape), module
-                if is_buffer:
-                    buffers.add(key)
-            else:
-                shapes[key] = [max(a, b) for a, b in zip(shapes[key], tensor.shape, strict=True)]
+        shapes, owners, buffers = _shapes(self.blocks, resolution, num_classes)
         starts = self._initial_statistics()
         for key, shape in sorted(shapes.items()):
             name = key.replace(".", "/")
@@ -177,64 +159,6 @@ class Supernet(nn.Module):
                 self.register_buffer(name, value)
             else:
                 self.register_parameter(name, nn.Parameter(value))
-
-    # -- sizing ----------------------------------------------------------------------------
-
-    def _templates(self) -> list[tuple[str, nn.Module, Tensor, bool]]:
-        """(shared key, owning module, tensor, is buffer) of every tensor of every
-        choice of every stage and type, and of the stem and head, built on the meta device."""
-        found = []
-        widths = [max(w) for w in SPACE["width"]]
-        depths = [high for _, high in SPACE["depth"]]
-        last_widths = []
-        with torch.device("meta"):
-            for stage in range(NUM_STAGES):
-                for block in self.blocks:
-                    stage_type = BLOCKS.get(block)
-                    neighbours = ["cmt"] + (["dual"] if block == "dual" and stage > 0 else [])
-                    for choice in every_choice(stage_type, stage):
-                        # two blocks stand for the stage: every block after the first is shaped
-                        # like the second
-                        spec = _stage_spec(block, stage, choice, 2, widths[stage])
-                        if stage == NUM_STAGES - 1:
-                            last_widths.append(spec.width)
-                        for before in neighbours:
-                            plan = self._plan(stage, spec, before, widths)
-                            module = plan.stage_type(plan, [0.0] * spec.depth)
-                            for rest, owner, tensor, is_buffer in _tensors(module):
-                                for name in _deeper(rest, depths[stage]):
-                                    key = self._stage_key(stage, spec, name)
-                                    found.append((key, owner, tensor, is_buffer))
-            stem = STEMS.get("cmt")(max(SPACE["stem_width"]))
-            for rest, owner, tensor, is_buffer in _tensors(stem):
-                found.append((f"stem.{rest}", owner, tensor, is_buffer))
-            last = dataclasses.replace(_filler("cmt", NUM_STAGES - 1, 8), width=max(last_widths))
-            head = HEADS.get("conv")(
-                last, width=SPACE["head_width"], num_classes=self.num_classes, dropout=0.0
-            )
-            for rest, owner, tensor, is_buffer in _tensors(head):
-                found.append((f"head.{rest}", owner, tensor, is_buffer))
-        return found
-
-    def _plan(self, stage: int, spec: StageSpec, before: str, widths: list[int]) -> Any:
-        """The plan of stage ``stage`` = ``spec`` after a ``before`` stage at its largest width."""
-        stages = [_filler("cmt", i, widths[i]) for i in range(NUM_STAGES)]
-        if stage > 0:
-            previous = _filler(before, stage - 1, widths[stage - 1])
-            if before == "dual" and spec.block == "dual":  # tokens flow: the same token pool
-                options = dataclasses.replace(previous.options, pool=spec.options.pool)
-                previous = dataclasses.replace(previous, options=options)
-            stages[stage - 1] = previous
-        stages[stage] = spec
-        arch = ArchSpec(
-            tuple(stages),
-            224,
-            stem="cmt",
-            stem_width=max(SPACE["stem_width"]),
-            head="conv",
-            head_width=SPACE["head_width"],
-        )
-        return plan_stages(arch, self.resolution)[stage]
 
     @staticmethod
     def _stage_key(stage: int, spec: StageSpec, rest: str) -> str:
@@ -359,6 +283,106 @@ class Supernet(nn.Module):
         state = {name: t.detach().clone() for name, t in self.tensors(arch).items()}
         model.load_state_dict(state, strict=True)
         return model.train(self.training)
+
+
+def check_blocks(blocks: Sequence[str]) -> None:
+    """``ValueError`` naming the block types of ``blocks`` the supernet cannot hold: unknown ones,
+    and those whose tensors' sharing is not declared (``Stage.one_shot``)."""
+    unknown = set(blocks) - set(BLOCKS.names())
+    if unknown:
+        raise ValueError(f"unknown block type(s) {', '.join(sorted(unknown))}")
+    undeclared = [block for block in blocks if not BLOCKS.get(block).one_shot]
+    if undeclared:
+        ready = ", ".join(name for name in BLOCKS.names() if BLOCKS.get(name).one_shot)
+        raise ValueError(
+            f"the supernet cannot hold {', '.join(undeclared)} yet (how its tensors share is "
+            f"not declared); it holds {ready}"
+        )
+
+
+def shared_numbers(blocks: Sequence[str], resolution: int, num_classes: int) -> int:
+    """How many numbers the supernet of ``blocks`` holds (parameters and buffers), found without
+    allocating them."""
+    shapes, _, _ = _shapes(blocks, resolution, num_classes)
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+def _shapes(
+    blocks: Sequence[str], resolution: int, num_classes: int
+) -> tuple[dict[str, list[int]], dict[str, nn.Module], set[str]]:
+    """Each shared tensor's shape (the largest of every choice's), owning module, and which
+    keys are buffers."""
+    shapes: dict[str, list[int]] = {}
+    owners: dict[str, nn.Module] = {}
+    buffers: set[str] = set()
+    for key, module, tensor, is_buffer in _templates(blocks, resolution, num_classes):
+        if key not in shapes:
+            shapes[key], owners[key] = list(tensor.shape), module
+            if is_buffer:
+                buffers.add(key)
+        else:
+            shapes[key] = [max(a, b) for a, b in zip(shapes[key], tensor.shape, strict=True)]
+    return shapes, owners, buffers
+
+
+def _templates(
+    blocks: Sequence[str], resolution: int, num_classes: int
+) -> list[tuple[str, nn.Module, Tensor, bool]]:
+    """(shared key, owning module, tensor, is buffer) of every tensor of every
+    choice of every stage and type, and of the stem and head, built on the meta device."""
+    found = []
+    widths = [max(w) for w in SPACE["width"]]
+    depths = [high for _, high in SPACE["depth"]]
+    last_widths = []
+    with torch.device("meta"):
+        for stage in range(NUM_STAGES):
+            for block in blocks:
+                stage_type = BLOCKS.get(block)
+                neighbours = ["cmt"] + (["dual"] if block == "dual" and stage > 0 else [])
+                for choice in every_choice(stage_type, stage):
+                    # two blocks stand for the stage: every block after the first is shaped
+                    # like the second
+                    spec = _stage_spec(block, stage, choice, 2, widths[stage])
+                    if stage == NUM_STAGES - 1:
+                        last_widths.append(spec.width)
+                    for before in neighbours:
+                        plan = _plan(stage, spec, before, widths, resolution)
+                        module = plan.stage_type(plan, [0.0] * spec.depth)
+                        for rest, owner, tensor, is_buffer in _tensors(module):
+                            for name in _deeper(rest, depths[stage]):
+                                key = Supernet._stage_key(stage, spec, name)
+                                found.append((key, owner, tensor, is_buffer))
+        stem = STEMS.get("cmt")(max(SPACE["stem_width"]))
+        for rest, owner, tensor, is_buffer in _tensors(stem):
+            found.append((f"stem.{rest}", owner, tensor, is_buffer))
+        last = dataclasses.replace(_filler("cmt", NUM_STAGES - 1, 8), width=max(last_widths))
+        head = HEADS.get("conv")(
+            last, width=SPACE["head_width"], num_classes=num_classes, dropout=0.0
+        )
+        for rest, owner, tensor, is_buffer in _tensors(head):
+            found.append((f"head.{rest}", owner, tensor, is_buffer))
+    return found
+
+
+def _plan(stage: int, spec: StageSpec, before: str, widths: list[int], resolution: int) -> Any:
+    """The plan of stage ``stage`` = ``spec`` after a ``before`` stage at its largest width."""
+    stages = [_filler("cmt", i, widths[i]) for i in range(NUM_STAGES)]
+    if stage > 0:
+        previous = _filler(before, stage - 1, widths[stage - 1])
+        if before == "dual" and spec.block == "dual":  # tokens flow: the same token pool
+            options = dataclasses.replace(previous.options, pool=spec.options.pool)
+            previous = dataclasses.replace(previous, options=options)
+        stages[stage - 1] = previous
+    stages[stage] = spec
+    arch = ArchSpec(
+        tuple(stages),
+        224,
+        stem="cmt",
+        stem_width=max(SPACE["stem_width"]),
+        head="conv",
+        head_width=SPACE["head_width"],
+    )
+    return plan_stages(arch, resolution)[stage]
 
 
 def _deeper(name: str, depth: int) -> list[str]:

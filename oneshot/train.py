@@ -2,16 +2,17 @@
 
 Every step trains ``SupernetRecipe.subnets`` subnets on one batch and takes one optimiser step
 with their summed gradients, by the sandwich rule (BigNAS, NASViT): the largest architecture of
-the space fitted to the budget, the smallest, and subnets drawn at random exactly as the search
-draws its trials (``space.sampling.sample``, within the MAC budget). A draw the supernet cannot
-run (a fit that scaled a width or depth past the space's largest) is drawn again. The recipe is
+the space fitted to the budget, the smallest, and subnets drawn at random from the one-shot space
+(``oneshot.space``: draws as drawn, within 75-100% of the MAC budget, the ones scored). The recipe
+is
 the proxy's (AdamW without decay on biases and norms, linear warm-up then cosine decay, label
 smoothing, the same images and augmentation: ``search.images``) over more epochs.
 
 The supernet, the optimiser, the schedule and every random state are saved after each epoch
 (written to a temporary file and renamed, so a kill never leaves half a checkpoint): a killed
 training resumes at the epoch after the last one saved, and gives the tensors an uninterrupted
-one would (on the CPU, bit for bit).
+one would (on the CPU, bit for bit). After the last epoch the checkpoint keeps the supernet only
+(AdamW's two moments would triple it: 3.9 GB for the default space).
 
 A subnet's batch-norm statistics in the supernet mix those of every subnet trained; before it is
 scored (``score``) they are estimated afresh on ``calibration_batches`` training batches
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,14 @@ from torch.func import functional_call
 
 from common.datasets import ImageData
 from common.fields import check_values
+from oneshot.space import random_within
 from oneshot.supernet import Supernet, template
 from search.images import ImageSource, prepare
 from search.proxy import ProxySettings, optimizer_and_schedule
 from space.genotype import ArchSpec
-from space.sampling import largest_within, sample, smallest
+from space.sampling import largest_within, smallest
 
-__all__ = ["RandomTrial", "SupernetRecipe", "sandwich", "score", "train_supernet"]
-
-MAX_DRAWS = 100  # draws for one subnet the supernet can run before giving up
+__all__ = ["SupernetRecipe", "sandwich", "score", "train_supernet"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,45 +60,21 @@ class SupernetRecipe:
         check_values(self, ("subnets", "calibration_batches"), {})
 
 
-class RandomTrial:
-    """A trial that answers every ``suggest_*`` at random from ``rng``: the search space's draw
-    without an Optuna study (thousands of them cost nothing)."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.rng.choice(list(choices))
-
-    def suggest_int(self, name: str, low: int, high: int) -> int:
-        return self.rng.randint(low, high)
-
-    def suggest_float(self, name: str, low: float, high: float) -> float:
-        return self.rng.uniform(low, high)
-
-
-def drawn(supernet: Supernet, budget_macs: int, rng: random.Random) -> ArchSpec:
-    """A subnet drawn as the search draws a trial, within ``budget_macs``, that the supernet can
-    run (redrawn otherwise)."""
-    for _ in range(MAX_DRAWS):
-        arch = sample(RandomTrial(rng), budget_macs, blocks=supernet.blocks)
-        if supernet.covers(arch):
-            return arch
-    raise ValueError(
-        f"none of {MAX_DRAWS} draws within {budget_macs:,} MACs fits the supernet's largest "
-        "widths and depths"
-    )
-
-
-def sandwich(supernet: Supernet, budget_macs: int, count: int, rng: random.Random) -> list:
+def sandwich(
+    supernet: Supernet, budget_macs: int, count: int, rng: random.Random, resolution: int = 224
+) -> list:
     """The subnets of one step: the space's largest within the budget, its smallest, then
-    ``count - 2`` drawn at random (fewer than three: the first ``count`` of those)."""
-    ends = [largest_within(budget_macs, blocks=supernet.blocks), smallest(blocks=supernet.blocks)]
+    ``count - 2`` drawn at random from the one-shot space (``oneshot.space``; fewer than three:
+    the first ``count`` of those)."""
+    blocks = supernet.blocks
+    ends = [largest_within(budget_macs, resolution, blocks), smallest(resolution, blocks)]
     for arch in ends:
         if not supernet.covers(arch):
             raise ValueError(f"the supernet cannot run the space's {arch.block_mix} end")
     chosen = ends[:count]
-    return chosen + [drawn(supernet, budget_macs, rng) for _ in range(count - len(chosen))]
+    return chosen + [
+        random_within(rng, budget_macs, resolution, blocks) for _ in range(count - len(chosen))
+    ]
 
 
 def train_supernet(
@@ -110,10 +86,14 @@ def train_supernet(
     checkpoint: Path,
     seed: int = 0,
     epochs: int | None = None,
+    resolution: int = 224,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> list[float]:
-    """Train ``supernet`` on ``data`` by ``recipe`` (see the module docstring), resuming from
-    ``checkpoint`` when it exists and saving it after every epoch; ``epochs`` stops after that
-    many (default: all of the recipe's). Returns each epoch's mean training loss so far."""
+    """Train ``supernet`` on ``data`` by ``recipe`` (see the module docstring) for a search
+    within ``budget_macs`` at ``resolution``, resuming from ``checkpoint`` when it exists and
+    saving it after every epoch; ``epochs`` stops after that many (default: all of the
+    recipe's); ``on_epoch(done, total)`` is called before the first epoch and after each.
+    Returns each epoch's mean training loss so far."""
     device = next(supernet.parameters()).device
     train_set = ImageSource(data.train, device)
     settings = recipe.proxy
@@ -124,16 +104,21 @@ def train_supernet(
     rng = random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     losses: list[float] = []
+    last = settings.epochs if epochs is None else epochs
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         supernet.load_state_dict(saved["supernet"])
+        if saved["optimizer"] is None:  # the training ended: the supernet is all it kept
+            return saved["losses"]
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         rng.setstate(saved["rng"])
         generator.set_state(saved["generator"].to(generator.device))
         losses = saved["losses"]
     supernet.train()
-    for epoch in range(len(losses), settings.epochs if epochs is None else epochs):
+    if on_epoch is not None:
+        on_epoch(len(losses), settings.epochs)
+    for epoch in range(len(losses), last):
         total, count = 0.0, 0
         batches = train_set.batches(
             settings.batch_size, train=True, generator=generator, epoch=epoch
@@ -147,7 +132,7 @@ def train_supernet(
                 generator=generator,
             )
             optimizer.zero_grad(set_to_none=True)
-            for arch in sandwich(supernet, budget_macs, recipe.subnets, rng):
+            for arch in sandwich(supernet, budget_macs, recipe.subnets, rng, resolution):
                 loss = F.cross_entropy(
                     supernet(x, arch), labels, label_smoothing=settings.label_smoothing
                 )
@@ -156,7 +141,10 @@ def train_supernet(
             optimizer.step()
             schedule.step()
         losses.append(total / max(count, 1))
-        _save(checkpoint, supernet, optimizer, schedule, rng, generator, losses)
+        ended = len(losses) == settings.epochs
+        _save(checkpoint, supernet, None if ended else optimizer, schedule, rng, generator, losses)
+        if on_epoch is not None:
+            on_epoch(len(losses), settings.epochs)
     return losses
 
 
@@ -175,7 +163,7 @@ def _save(
     torch.save(
         {
             "supernet": supernet.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": None if optimizer is None else optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": rng.getstate(),
             "generator": generator.get_state(),

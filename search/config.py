@@ -26,10 +26,11 @@ from space.cost import parse_budget, parse_latency
 from space.genotype import MIN_RESOLUTION
 from space.sampling import DEFAULT_BLOCKS, parse_blocks
 
-__all__ = ["SAMPLERS", "SCALING", "SearchConfig", "add_options", "from_options"]
+__all__ = ["SAMPLERS", "SCALING", "STRATEGIES", "SearchConfig", "add_options", "from_options"]
 
 SAMPLERS = ("nsga2", "tpe")
 SCALING = ("search", "cmt")
+STRATEGIES = ("trials", "oneshot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,27 @@ class SearchConfig:
         "MAC budget: 4GFLOPs, 600M, 4e9, '4 GMACs'; FLOPs mean MACs (default %(default)s)",
         defines_search=True,
     )
-    trials: int = setting(6, "trials to run (default %(default)s)")
+    trials: int = setting(
+        6,
+        "trials to run; with --strategy oneshot, the best subnets proxy-trained on their own "
+        "(default %(default)s)",
+    )
+    strategy: str = setting(
+        "trials",
+        "trials: every candidate proxy-trained on its own; oneshot: one weight-sharing supernet "
+        "trained, --subnets subnets scored with its weights, the best --trials of them "
+        "proxy-trained (docs/oneshot.md) (default %(default)s)",
+        choices=STRATEGIES,
+        defines_search=True,
+    )
+    subnets: int = setting(
+        1000,
+        "oneshot: subnets the trained supernet scores (default %(default)s)",
+        defines_search=True,
+    )
+    supernet_epochs: int = setting(
+        2, "oneshot: epochs of the supernet's training (default %(default)s)", defines_search=True
+    )
     data: str = setting(
         "default",
         ", ".join(DATASET_NAMES),
@@ -146,6 +167,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         parse_budget(self.budget)
         check_integer("trials", self.trials)
+        self._check_strategy()
         check_integer("resolution", self.resolution, MIN_RESOLUTION)
         parse_blocks(self.blocks)
         if not isinstance(self.proxy, ProxySettings):
@@ -171,6 +193,37 @@ class SearchConfig:
             raise ValueError("storage must be a URL or a journal file path, got ''")
         check_integer("parallel", self.parallel, 0)
         check_integer("max_repeated_failures", self.max_repeated_failures)
+
+    def _check_strategy(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        check_integer("subnets", self.subnets)
+        check_integer("supernet_epochs", self.supernet_epochs)
+        if self.strategy != "oneshot":
+            return
+        from oneshot.supernet import check_blocks
+
+        check_blocks(parse_blocks(self.blocks))
+        if self.subnets < self.trials:
+            raise ValueError(
+                f"--strategy oneshot trains the best --trials of its --subnets: subnets "
+                f"({self.subnets}) must be at least trials ({self.trials})"
+            )
+        refused = {
+            "backend": (self.backend != "optuna", "scores subnets in this process (Optuna)"),
+            "storage": (self.storage is not None, "keeps its supernet and study in --out"),
+            "latency_device": (
+                self.latency_device is not None,
+                "searches the MAC budget only (latency is not scored yet)",
+            ),
+        }
+        for name, (given, why) in refused.items():
+            if given:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} does not apply: --strategy oneshot {why}"
+                )
 
     def _check_baselines(self) -> None:
         from space import presets  # the presets' names, checked here so a typo fails at once

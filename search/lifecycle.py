@@ -35,10 +35,15 @@ def run_trials(config: SearchConfig, on_trial: OnTrial | None = None) -> None:
 
 def check(config: SearchConfig) -> None:
     """``ValueError`` for a dataset that does not load, a budget below the space's smallest
-    architecture (the data loads once per process: ``common.datasets.load`` keeps it), or a
-    shared storage that cannot be opened or holds a different search."""
+    architecture (the data loads once per process: ``common.datasets.load`` keeps it), a
+    one-shot search that cannot run (``oneshot.search.check``), or a shared storage that cannot
+    be opened or holds a different search."""
     datasets.load(config.data)
     check_budget(config.budget_macs, config.resolution, config.block_types)
+    if config.strategy == "oneshot":
+        from oneshot import search as oneshot_search  # torch-heavy: only when asked for
+
+        oneshot_search.check(config)
     if config.storage is not None:
         study = _shared_study(config)
         saved = study.user_attrs.get(CONFIG) if study is not None else None

@@ -1,7 +1,8 @@
 """A run as a pipeline of steps, each step recorded in the run folder as it finishes.
 
 1. ``search``: the architecture search within the budget (the backend's trials, in
-   ``study.journal``). S is the most accurate completed trial within the budget.
+   ``study.journal``); with ``--strategy oneshot`` a trained supernet's best subnets are those
+   trials (``oneshot.search``). S is the most accurate completed trial within the budget.
 2. ``scaling``: alpha/beta/gamma candidates built from S's measured MAC exponents (CMT's
    (1.2, 1.3, 1.15) first, then the grid's most spread-out triples), each scored by
    proxy-training S scaled by it to ``SCALING_PHI``; the most accurate is chosen. With
@@ -98,6 +99,7 @@ class Results:
     noise: list[Row]
     latency_machine: str | None = None
     measured_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    subnets: pd.DataFrame | None = None  # a one-shot search's scored subnets
 
 
 def _job(step: str, label: str, arch: ArchSpec, config: SearchConfig, **facts: Any) -> Job:
@@ -284,9 +286,14 @@ def _steps(config: SearchConfig, records: list[TrialRecord], trainings: _Trainin
     """Steps 2-5 after the search: plan, look up, train what is missing."""
     trials = to_frame(records)
     machine = storage.load_study(config.out).user_attrs.get(storage.LATENCY_MACHINE)
+    subnets = None
+    if config.strategy == "oneshot":
+        from oneshot import search as oneshot_search
+
+        subnets = oneshot_search.table(config.out)
     best = best_within_budget(records, config.budget_macs)
     if best is None:
-        return Results(trials, None, [], CMT_COEFFICIENTS, [], [], [], machine)
+        return Results(trials, None, [], CMT_COEFFICIENTS, [], [], [], machine, subnets=subnets)
     s = best.arch
     searched = _search_training(best, config)
     trainings.done.setdefault(searched.key, searched)
@@ -313,6 +320,7 @@ def _steps(config: SearchConfig, records: list[TrialRecord], trainings: _Trainin
         trainings.rows(noise_jobs),
         machine,
         latencies,
+        subnets,
     )
 
 
@@ -321,15 +329,21 @@ def run(
     *,
     on_trial: OnTrial | None = None,
     on_step: OnStep | None = None,
+    on_oneshot: Callable[[str, int, int], None] | None = None,
     report_only: bool = False,
 ) -> Results:
     """Run (or resume) every step of ``config``'s run; with ``report_only`` run nothing and
-    return what the run folder holds."""
+    return what the run folder holds. ``on_oneshot(phase, done, total)`` follows a one-shot
+    search's supernet epochs and scored subnets."""
     if report_only:
         records = storage.records(config.out)
         return _steps(config, records, _Trainings(config, TrainingLog(config.out), False, _quiet))
     lifecycle.check(config)
     with folder_lock(config.out):
+        if config.strategy == "oneshot":
+            from oneshot import search as oneshot_search
+
+            oneshot_search.run(config, on_oneshot)
         lifecycle.run_trials_locked(config, on_trial)
         records = storage.records(config.out)
         trainings = _Trainings(config, TrainingLog(config.out), True, on_step or _quiet)

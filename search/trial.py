@@ -34,11 +34,20 @@ from search.pruning import TrialStopped
 from search.storage import completed, trial_id
 from space.cost import estimate
 from space.genotype import ArchSpec
-from space.sampling import sample
+from space.sampling import draw, sample
 
-__all__ = ["Attrs", "Outcome", "StoredTrial", "define", "evaluate", "sampler"]
+__all__ = [
+    "QUEUED_SUBNET",
+    "Attrs",
+    "Outcome",
+    "StoredTrial",
+    "define",
+    "evaluate",
+    "sampler",
+]
 
 log = logging.getLogger(__name__)
+QUEUED_SUBNET = "oneshot_subnet"  # a one-shot search's trial: the number of the subnet it trains
 Report = Callable[[int, float], None]
 
 
@@ -85,19 +94,30 @@ class PicklableNSGAII(optuna.samplers.NSGAIISampler):
         self._thread_lock = threading.Lock()
 
 
-def sampler(config: SearchConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The search's sampler: NSGA-II (population max(4, min(50, trials / 4)), so that small
-    searches still evolve) or multivariate TPE, seeded with ``seed`` (default the run's)."""
+def sampler(
+    config: SearchConfig, seed: int | None = None, population: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The search's sampler: NSGA-II (``population``, by default max(4, min(50, trials / 4)),
+    so that small searches still evolve) or multivariate TPE, seeded with ``seed`` (default the
+    run's)."""
     seed = config.seed if seed is None else seed
     if config.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    population = max(4, min(50, config.trials // 4))
+    if population is None:
+        population = max(4, min(50, config.trials // 4))
     return PicklableNSGAII(population_size=population, seed=seed)
 
 
 def define(trial: optuna.Trial, config: SearchConfig) -> ArchSpec:
-    """Draw the trial's architecture and store it, its cost and the budget constraint."""
-    arch = sample(trial, config.budget_macs, config.resolution, config.block_types)
+    """Draw the trial's architecture and store it, its cost and the budget constraint. In a
+    one-shot search the trials are the subnets it queued (``oneshot.search``): their parameters
+    are fixed, and the draw without fitting gives the subnet scored."""
+    if config.strategy == "oneshot":
+        if not {QUEUED_SUBNET, "redo_of"} & set(trial.user_attrs):
+            raise ValueError("a one-shot search's trials are its queued subnets; none was queued")
+        arch = draw(trial, config.resolution, config.block_types)
+    else:
+        arch = sample(trial, config.budget_macs, config.resolution, config.block_types)
     if config.latency_device is not None:
         arch = latency_limit.within_limit(arch, config)
     cost = estimate(arch)

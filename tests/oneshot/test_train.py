@@ -12,6 +12,7 @@ import torch
 from common import datasets
 from common.datasets import ImageData, ImageTensorDataset
 from oneshot import Supernet
+from oneshot.space import window
 from oneshot.train import SupernetRecipe, sandwich, score, train_supernet
 from search.images import prepare
 from search.proxy import ProxySettings
@@ -41,6 +42,8 @@ def test_a_step_trains_the_largest_the_smallest_and_random_subnets_within_the_bu
     assert archs[0] == largest_within(BUDGET, blocks=("cmt",))
     assert archs[1] == smallest(blocks=("cmt",))
     assert all(estimate(arch).macs <= BUDGET and supernet.covers(arch) for arch in archs)
+    low, high = window(BUDGET)
+    assert all(low <= estimate(arch).macs <= high for arch in archs[2:])
     assert archs[2] != archs[3]
 
 
