@@ -109,6 +109,8 @@ def train_supernet(
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         supernet.load_state_dict(saved["supernet"])
         if saved["optimizer"] is None:  # the training ended: the supernet is all it kept
+            if on_epoch is not None:
+                on_epoch(len(saved["losses"]), settings.epochs)
             return saved["losses"]
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])

@@ -145,8 +145,9 @@ def plot_latency(data: LatencyData, axes: tuple[Axes, Axes] | None = None) -> tu
 
 
 def plot_tradeoff(data: TradeoffData, axes: tuple[Axes, Axes] | None = None) -> tuple[Axes, Axes]:
-    """Proxy accuracy against GMACs and against parameters (log axes): every trial faint, the
-    search's front as a step line, the searched family Ti -> XS -> S -> B and CMT's family as
+    """Proxy accuracy against GMACs and against parameters (log axes): a one-shot search's
+    scored subnets faintest (their supernet score), every trial faint, the search's front as a
+    step line, the searched family Ti -> XS -> S -> B and CMT's family as
     lines, other presets as labelled points, the budget as a vertical line; one legend below."""
     if axes is None:
         figure = Figure(figsize=(13, 5.5))
@@ -173,6 +174,17 @@ def plot_tradeoff(data: TradeoffData, axes: tuple[Axes, Axes] | None = None) -> 
 
 
 def _tradeoff_panel(ax: Axes, data: TradeoffData, column: str, scale: float) -> None:
+    if data.subnets is not None and not data.subnets.empty:
+        ax.scatter(
+            data.subnets[column].astype(float) / scale,
+            data.subnets.score,
+            s=4,
+            color="tab:purple",
+            alpha=0.15,
+            linewidths=0,
+            label="one-shot subnets (supernet score)",
+            zorder=0,
+        )
     ax.scatter(
         data.trials[column] / scale,
         data.trials.accuracy,

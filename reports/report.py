@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from common import datasets
+from oneshot.search import FIRST_PASS_IMAGES
+from oneshot.space import window
 from reports import plots
 from reports.tables import (
     baselines_table,
@@ -52,6 +54,11 @@ FILES = {
     "tradeoff.png": "proxy accuracy against MACs and parameters: trials, front, both families",
     "trainings.jsonl": "every training after the search, as it ended (read on a rerun)",
     "study.journal": "the search's study, with either backend (optuna-dashboard opens it)",
+}
+ONESHOT_FILES = {
+    "subnets.csv": "every subnet the supernet scored: blocks, MACs, params, scores, genotype",
+    "oneshot.journal": "the one-shot scoring study (every draw, scored or outside the window)",
+    "supernet.pt": "the trained supernet (oneshot.Supernet's state dict; extract a subnet)",
 }
 LATENCY_FILES = {
     "latency.jsonl": "S, the family and the baselines measured whole on the latency target",
@@ -311,6 +318,42 @@ def _trials_section(trials: pd.DataFrame) -> list[str]:
     return [*lines, "", "![pareto](pareto.png)", ""]
 
 
+def _oneshot_section(config: SearchConfig, results: Results) -> list[str]:
+    """How the one-shot search chose the trials: the supernet, the subnets scored, and the
+    rescored best beside their trials' proxy accuracy."""
+    subnets, trials = results.subnets, results.trials
+    low, high = window(config.budget_macs)
+    lines = [
+        "## One-shot search",
+        "",
+        f"A supernet of {', '.join(config.block_types)} blocks trained "
+        f"{_plural(config.supernet_epochs, 'epoch')}; {len(subnets)} subnets of {_gmacs(low)}-"
+        f"{_gmacs(high)} GMACs (the space as drawn, without fitting) scored with its weights on "
+        f"{FIRST_PASS_IMAGES} validation images, the best scored again on all of them, and the "
+        "best "
+        f"{config.trials} by that trained on their own as the trials below "
+        "([subnets.csv](subnets.csv); method: docs/oneshot.md in the repository).",
+        "",
+        "| subnet | blocks | GMACs | supernet score | rescored | trial | proxy top-1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_arch = {row.arch: row for row in trials.itertuples()}
+    rescored = subnets[subnets.rescore.notna()].sort_values("rescore", ascending=False)
+    for row in rescored.itertuples():
+        trial = by_arch.get(row.arch)
+        trained = "" if trial is None else str(trial.number)
+        accuracy = "" if trial is None or pd.isna(trial.accuracy) else f"{trial.accuracy:.1%}"
+        lines.append(
+            f"| {row.number} | {row.blocks} | {_gmacs(row.macs)} | {row.score:.1%} "
+            f"| {row.rescore:.1%} | {trained} | {accuracy} |"
+        )
+    return [*lines, ""]
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _latency_section(config: SearchConfig, results: Results) -> list[str]:
     """The latency target and machine, the limit, and the accuracy-against-latency front."""
     limit = config.latency_limit_ms
@@ -405,7 +448,10 @@ def render(config: SearchConfig, results: Results) -> str:
             _steps_sections(results),
         ]
     files = {**FILES, **(LATENCY_FILES if config.latency_device else {})}
+    oneshot = config.strategy == "oneshot" and results.subnets is not None
+    files.update(ONESHOT_FILES if oneshot else {})
     sections += [
+        _oneshot_section(config, results) if oneshot else [],
         _trials_section(results.trials),
         _latency_section(config, results) if config.latency_device else [],
         _method_section(config),
@@ -431,6 +477,8 @@ def write_reports(out: str | Path, config: SearchConfig, results: Results) -> No
         baselines_table(results).to_csv(out / "baselines.csv", index=False)
         figure = plots.plot_tradeoff(tradeoff_data(results, config.budget_macs))
         plots.save(figure[0], str(out / "tradeoff.png"))
+    if results.subnets is not None:
+        results.subnets.to_csv(out / "subnets.csv", index=False)
     if config.latency_device is not None:
         pareto_front(results.trials, "latency_ms").to_csv(out / "pareto-latency.csv", index=False)
         baselines = baselines_table(results) if results.best is not None else None

@@ -278,7 +278,8 @@ def comparison(results: Results) -> pd.DataFrame:
 class TradeoffData(NamedTuple):
     """What the trade-off figure draws: scored trials and their front, the searched family,
     the CMT family and the other baselines (each with params, MACs and proxy accuracy, failed
-    or untrained ones without accuracy), and the budget in MACs."""
+    or untrained ones without accuracy), the budget in MACs, and a one-shot search's scored
+    subnets (``oneshot.search.table``; None without one)."""
 
     trials: pd.DataFrame
     front: pd.DataFrame
@@ -286,6 +287,7 @@ class TradeoffData(NamedTuple):
     cmt: pd.DataFrame
     others: pd.DataFrame
     budget_macs: int
+    subnets: pd.DataFrame | None = None
 
 
 def tradeoff_data(results: Results, budget_macs: int) -> TradeoffData:
@@ -298,4 +300,5 @@ def tradeoff_data(results: Results, budget_macs: int) -> TradeoffData:
         baselines[is_cmt],
         baselines[~is_cmt],
         budget_macs,
+        results.subnets,
     )
