@@ -103,25 +103,14 @@ def train_supernet(
     )
     rng = random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    losses: list[float] = []
-    last = settings.epochs if epochs is None else epochs
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        supernet.load_state_dict(saved["supernet"])
-        if saved["optimizer"] is None:  # the training ended: the supernet is all it kept
-            if on_epoch is not None:
-                on_epoch(len(saved["losses"]), settings.epochs)
-            return saved["losses"]
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        rng.setstate(saved["rng"])
-        generator.set_state(saved["generator"].to(generator.device))
-        losses = saved["losses"]
-    supernet.train()
+    losses, ended = _resume(checkpoint, supernet, optimizer, schedule, rng, generator)
     if on_epoch is not None:
         on_epoch(len(losses), settings.epochs)
-    for epoch in range(len(losses), last):
-        total, count = 0.0, 0
+    if ended:  # the supernet is all the checkpoint kept
+        return losses
+    supernet.train()
+    for epoch in range(len(losses), settings.epochs if epochs is None else epochs):
+        total, count = torch.zeros((), device=device), 0  # summed on the device: no sync
         batches = train_set.batches(
             settings.batch_size, train=True, generator=generator, epoch=epoch
         )
@@ -134,20 +123,53 @@ def train_supernet(
                 generator=generator,
             )
             optimizer.zero_grad(set_to_none=True)
-            for arch in sandwich(supernet, budget_macs, recipe.subnets, rng, resolution):
-                loss = F.cross_entropy(
-                    supernet(x, arch), labels, label_smoothing=settings.label_smoothing
-                )
-                (loss / recipe.subnets).backward()
-                total, count = total + float(loss.detach()), count + 1
+            archs = sandwich(supernet, budget_macs, recipe.subnets, rng, resolution)
+            total = total + _backward(supernet, x, labels, archs, settings.label_smoothing)
+            count += len(archs)
             optimizer.step()
             schedule.step()
-        losses.append(total / max(count, 1))
+        losses.append(float(total) / max(count, 1))
         ended = len(losses) == settings.epochs
         _save(checkpoint, supernet, None if ended else optimizer, schedule, rng, generator, losses)
         if on_epoch is not None:
             on_epoch(len(losses), settings.epochs)
     return losses
+
+
+def _backward(
+    supernet: Supernet, x: Tensor, labels: Tensor, archs: list, label_smoothing: float
+) -> Tensor:
+    """Accumulate the gradient of the mean loss of ``archs`` on one batch; return their summed
+    loss (on the device)."""
+    total = torch.zeros((), device=x.device)
+    for arch in archs:
+        loss = F.cross_entropy(supernet(x, arch), labels, label_smoothing=label_smoothing)
+        (loss / len(archs)).backward()
+        total = total + loss.detach()
+    return total
+
+
+def _resume(
+    path: Path,
+    supernet: Supernet,
+    optimizer: Any,
+    schedule: Any,
+    rng: random.Random,
+    generator: torch.Generator,
+) -> tuple[list[float], bool]:
+    """Load the checkpoint at ``path`` when there is one: the epochs' losses so far, and
+    whether the training had ended (then only the supernet was kept and loaded)."""
+    if not path.exists():
+        return [], False
+    saved = torch.load(path, map_location=generator.device, weights_only=False)
+    supernet.load_state_dict(saved["supernet"])
+    if saved["optimizer"] is None:
+        return saved["losses"], True
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    rng.setstate(saved["rng"])
+    generator.set_state(saved["generator"].to(generator.device))
+    return saved["losses"], False
 
 
 def _save(
@@ -215,12 +237,13 @@ def score(
             for x in calibration:
                 functional_call(model, tensors, (x,), strict=True)
             model.eval()
-            correct = total = 0
+            device = next(iter(tensors.values())).device
+            correct, total = torch.zeros((), dtype=torch.long, device=device), 0
             for x, labels in val:
                 logits = functional_call(model, tensors, (x,), strict=True)
-                correct += int((logits.argmax(dim=1) == labels).sum())
+                correct += (logits.argmax(dim=1) == labels).sum()
                 total += len(labels)
     finally:
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)  # the one read back to the host

@@ -338,7 +338,9 @@ def _oneshot_section(config: SearchConfig, results: Results) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     by_arch = {row.arch: row for row in trials.itertuples()}
-    rescored = subnets[subnets.rescore.notna()].sort_values("rescore", ascending=False)
+    rescored = subnets[subnets.rescore.notna()].sort_values(
+        ["rescore", "number"], ascending=[False, True]
+    )
     for row in rescored.itertuples():
         trial = by_arch.get(row.arch)
         trained = "" if trial is None else str(trial.number)

@@ -4,6 +4,7 @@ subnets share the tensors they should (and only those)."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import optuna
 import pytest
@@ -13,6 +14,7 @@ from blocks import BLOCKS
 from blocks.cmt import CMTOptions
 from blocks.cot import CoTOptions
 from oneshot import Supernet, every_choice, take
+from oneshot.space import RandomTrial
 from space.genotype import ArchSpec, StageSpec
 from space.sampling import DEFAULT_BLOCKS, draw
 
@@ -167,3 +169,21 @@ def test_take_cuts_leading_centre_and_fused_parts() -> None:
     assert torch.equal(fused, torch.cat([shared[0:2, :, 0, 0], shared[3:5, :, 0, 0]]))
     with pytest.raises(ValueError, match="cannot be cut"):
         take(shared, (7, 4, 5, 5))
+
+
+def test_a_subnet_step_through_the_supernet_has_no_host_round_trip() -> None:
+    """On a GPU the slices, the functional call and the backward pass into the shared tensors
+    never wait for the host (the meta device stands for it, as for the standalone blocks)."""
+    from tests.blocks.test_host_round_trips import HostTraffic
+
+    torch.manual_seed(0)
+    supernet = Supernet(resolution=RESOLUTION, num_classes=10, blocks=("cmt", "dual")).to("meta")
+    image = torch.empty(4, 3, RESOLUTION, RESOLUTION, device="meta")
+    rng = random.Random(2)
+    archs = [draw(RandomTrial(rng), blocks=("cmt", "dual")) for _ in range(3)]
+    assert {stage.block for arch in archs for stage in arch.stages} == {"cmt", "dual"}
+    for arch in archs:
+        supernet(image, arch).sum().backward()  # the warm-up pass
+        with HostTraffic() as mode:
+            supernet(image, arch).sum().backward()
+        assert mode.events == [], arch.block_mix
