@@ -103,7 +103,8 @@ def train_supernet(
     )
     rng = random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    losses, ended = _resume(checkpoint, supernet, optimizer, schedule, rng, generator)
+    state = _Checkpointed(supernet, optimizer, schedule, rng, generator)
+    losses, ended = state.load(checkpoint)
     if on_epoch is not None:
         on_epoch(len(losses), settings.epochs)
     if ended:  # the supernet is all the checkpoint kept
@@ -129,8 +130,7 @@ def train_supernet(
             optimizer.step()
             schedule.step()
         losses.append(float(total) / max(count, 1))
-        ended = len(losses) == settings.epochs
-        _save(checkpoint, supernet, None if ended else optimizer, schedule, rng, generator, losses)
+        state.save(checkpoint, losses, ended=len(losses) == settings.epochs)
         if on_epoch is not None:
             on_epoch(len(losses), settings.epochs)
     return losses
@@ -149,53 +149,49 @@ def _backward(
     return total
 
 
-def _resume(
-    path: Path,
-    supernet: Supernet,
-    optimizer: Any,
-    schedule: Any,
-    rng: random.Random,
-    generator: torch.Generator,
-) -> tuple[list[float], bool]:
-    """Load the checkpoint at ``path`` when there is one: the epochs' losses so far, and
-    whether the training had ended (then only the supernet was kept and loaded)."""
-    if not path.exists():
-        return [], False
-    saved = torch.load(path, map_location=generator.device, weights_only=False)
-    supernet.load_state_dict(saved["supernet"])
-    if saved["optimizer"] is None:
-        return saved["losses"], True
-    optimizer.load_state_dict(saved["optimizer"])
-    schedule.load_state_dict(saved["schedule"])
-    rng.setstate(saved["rng"])
-    generator.set_state(saved["generator"].to(generator.device))
-    return saved["losses"], False
+@dataclasses.dataclass
+class _Checkpointed:
+    """What a checkpoint holds besides the losses: the supernet, the optimiser, the schedule
+    and both random states."""
 
+    supernet: Supernet
+    optimizer: Any
+    schedule: Any
+    rng: random.Random
+    generator: torch.Generator
 
-def _save(
-    path: Path,
-    supernet: Supernet,
-    optimizer: Any,
-    schedule: Any,
-    rng: random.Random,
-    generator: torch.Generator,
-    losses: list[float],
-) -> None:
-    """Write the checkpoint beside ``path`` and rename it over ``path`` (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(
-        {
-            "supernet": supernet.state_dict(),
-            "optimizer": None if optimizer is None else optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "rng": rng.getstate(),
-            "generator": generator.get_state(),
-            "losses": losses,
-        },
-        partial,
-    )
-    os.replace(partial, path)
+    def load(self, path: Path) -> tuple[list[float], bool]:
+        """Load the checkpoint at ``path`` when there is one: the epochs' losses so far, and
+        whether the training had ended (then only the supernet was kept and loaded)."""
+        if not path.exists():
+            return [], False
+        saved = torch.load(path, map_location=self.generator.device, weights_only=False)
+        self.supernet.load_state_dict(saved["supernet"])
+        if saved["optimizer"] is None:
+            return saved["losses"], True
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.rng.setstate(saved["rng"])
+        self.generator.set_state(saved["generator"].to(self.generator.device))
+        return saved["losses"], False
+
+    def save(self, path: Path, losses: list[float], ended: bool) -> None:
+        """Write the checkpoint beside ``path`` and rename it over ``path`` (atomic); once the
+        training has ``ended``, without the optimiser's state."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(
+            {
+                "supernet": self.supernet.state_dict(),
+                "optimizer": None if ended else self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "rng": self.rng.getstate(),
+                "generator": self.generator.get_state(),
+                "losses": losses,
+            },
+            partial,
+        )
+        os.replace(partial, path)
 
 
 def _calibration(
