@@ -41,13 +41,31 @@ from oneshot.space import random_within  # noqa: E402
 from oneshot.supernet import Supernet  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from space.cost import estimate  # noqa: E402
+from space.genotype import ArchSpec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "oneshot-fidelity.jsonl"
 
 
-def _tau(a: list[float], b: list[float]) -> dict[str, float]:
+def kendall(a: list[float], b: list[float]) -> dict[str, float]:
     result = kendalltau(a, b)
     return {"tau": round(float(result.statistic), 3), "p": round(float(result.pvalue), 4)}
+
+
+def draws_and_standalone(
+    config: SearchConfig, count: int, seed: int, workers: int
+) -> tuple[list[ArchSpec], list[list[float]]]:
+    """``count`` draws of ``config``'s one-shot space (``random.Random(seed)``) and their
+    standalone proxy accuracies with seeds 0 and 1, read from the fidelity benchmark's results
+    file or trained ``workers`` at a time and added to it."""
+    rng = random.Random(seed)
+    archs = [
+        random_within(rng, config.budget_macs, config.resolution, config.block_types)
+        for _ in range(count)
+    ]
+    name = str(datasets.parse_name(config.data))
+    log = Log(results_path(name), name)
+    log.fill([(arch, config.proxy, s) for s in (0, 1) for arch in archs], workers)
+    return archs, [[log.get(arch, config.proxy, s)["accuracy"] for arch in archs] for s in (0, 1)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,16 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     config = SearchConfig.from_json((run / "config.json").read_text())
     data = datasets.load(config.data)
     recipe = oneshot_search.recipe(config)
-    rng = random.Random(args.seed)
-    archs = [
-        random_within(rng, config.budget_macs, config.resolution, config.block_types)
-        for _ in range(args.archs)
-    ]
-
     name = str(datasets.parse_name(config.data))
-    log = Log(results_path(name), name)
-    log.fill([(arch, config.proxy, seed) for seed in (0, 1) for arch in archs], args.workers)
-    alone = [[log.get(arch, config.proxy, seed)["accuracy"] for arch in archs] for seed in (0, 1)]
+    archs, alone = draws_and_standalone(config, args.archs, args.seed, args.workers)
     mean = [(a + b) / 2 for a, b in zip(*alone, strict=True)]
 
     supernet = Supernet(
@@ -107,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         "second_score": full,
         "standalone": alone,
         "first_score_seconds": round(first_seconds, 3),
-        "tau_second_vs_standalone_mean": _tau(full, mean),
-        "tau_first_vs_standalone_mean": _tau(first, mean),
-        "tau_second_vs_standalone_seed0": _tau(full, alone[0]),
-        "tau_standalone_seed0_vs_seed1": _tau(*alone),
+        "tau_second_vs_standalone_mean": kendall(full, mean),
+        "tau_first_vs_standalone_mean": kendall(first, mean),
+        "tau_second_vs_standalone_seed0": kendall(full, alone[0]),
+        "tau_standalone_seed0_vs_seed1": kendall(*alone),
     }
     for key, value in row.items():
         if key.startswith("tau"):

@@ -88,12 +88,14 @@ def train_supernet(
     epochs: int | None = None,
     resolution: int = 224,
     on_epoch: Callable[[int, int], None] | None = None,
+    subnets: Callable[[random.Random], list[ArchSpec]] | None = None,
 ) -> list[float]:
     """Train ``supernet`` on ``data`` by ``recipe`` (see the module docstring) for a search
     within ``budget_macs`` at ``resolution``, resuming from ``checkpoint`` when it exists and
     saving it after every epoch; ``epochs`` stops after that many (default: all of the
-    recipe's); ``on_epoch(done, total)`` is called before the first epoch and after each.
-    Returns each epoch's mean training loss so far."""
+    recipe's); ``on_epoch(done, total)`` is called before the first epoch and after each;
+    ``subnets(rng)`` gives each step's subnets instead of the sandwich (a study of what sharing
+    costs: ``benchmarks/oneshot_sharing.py``). Returns each epoch's mean training loss so far."""
     device = next(supernet.parameters()).device
     train_set = ImageSource(data.train, device)
     settings = recipe.proxy
@@ -102,6 +104,7 @@ def train_supernet(
         supernet.parameters(), settings, steps, device=device
     )
     rng = random.Random(seed)
+    draw = subnets or (lambda rng: sandwich(supernet, budget_macs, recipe.subnets, rng, resolution))
     generator = torch.Generator(device=device).manual_seed(seed)
     state = _Checkpointed(supernet, optimizer, schedule, rng, generator)
     losses, ended = state.load(checkpoint)
@@ -124,7 +127,7 @@ def train_supernet(
                 generator=generator,
             )
             optimizer.zero_grad(set_to_none=True)
-            archs = sandwich(supernet, budget_macs, recipe.subnets, rng, resolution)
+            archs = draw(rng)
             total = total + _backward(supernet, x, labels, archs, settings.label_smoothing)
             count += len(archs)
             optimizer.step()

@@ -74,6 +74,28 @@ def test_a_killed_training_resumes_to_the_same_tensors(digits: ImageData, tmp_pa
     )
 
 
+def test_a_given_subnet_draw_trains_only_those_subnets(digits: ImageData, tmp_path: Path) -> None:
+    """``subnets`` replaces the sandwich (the sharing benchmark's seam): training the smallest
+    alone changes its tensors and leaves every other shared tensor as it started."""
+    supernet = cmt_supernet()
+    arch = smallest(blocks=("cmt",))
+    before = {name: tensor.clone() for name, tensor in supernet.state_dict().items()}
+    train_supernet(
+        supernet,
+        digits,
+        RECIPE,
+        budget_macs=BUDGET,
+        checkpoint=tmp_path / "c.pt",
+        epochs=1,
+        subnets=lambda rng: [arch],
+    )
+    used = {supernet.shared_key(arch, name).replace(".", "/") for name in supernet.tensors(arch)}
+    after = supernet.state_dict()
+    changed = {name for name, tensor in after.items() if not torch.equal(tensor, before[name])}
+    assert changed and changed <= used
+    assert "head/fc/weight" in changed
+
+
 def test_scoring_estimates_its_own_norm_statistics(digits: ImageData) -> None:
     supernet = cmt_supernet()
     arch = sandwich(supernet, BUDGET, 2, random.Random(0))[0]
