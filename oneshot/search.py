@@ -5,8 +5,10 @@
    run folder (``supernet.pt``) after every epoch;
 2. **subnets**: ``subnets`` architectures of the one-shot space (``oneshot.space``: drawn without
    fitting, within 75-100% of the budget) scored with the weights they inherit, asked from the
-   run's sampler (NSGA-II, population 50, or TPE) over accuracy and MACs. A draw outside the
-   window is told with its MACs and a violated constraint, and not scored (it costs an estimate).
+   run's sampler (NSGA-II, population 50, or TPE) over accuracy and MACs, and predicted latency
+   with a latency device (``search.latency_limit``, the trials' prediction). A draw outside the
+   window, or over the latency budget, is told with its MACs (and latency) and a violated
+   constraint, and not scored (it costs an estimate, and a prediction for one in the window).
    A subnet is scored on ``FIRST_PASS_IMAGES`` validation images after one calibration batch;
    the best ``RESCORED_PER_TRIAL x trials`` are scored again on every validation image after
    ``calibration_batches`` batches. The scoring study is its own journal (``oneshot.journal``):
@@ -36,7 +38,7 @@ from common.device import resolve_device
 from oneshot.space import share_within, window
 from oneshot.supernet import Supernet, shared_numbers
 from oneshot.train import SupernetRecipe, score, train_supernet
-from search import storage
+from search import latency_limit, storage
 from search.config import SearchConfig
 from search.images import ImageSource, prepare
 from search.memory import OPTIMISER_COPIES, available_bytes, training_bytes
@@ -62,6 +64,7 @@ TABLE = "subnets.csv"
 POPULATION = 50  # NSGA-II's generation of subnets (AutoFormer's 50 a generation)
 FIRST_PASS_IMAGES = 250  # validation images of a subnet's first score
 RESCORED_PER_TRIAL = 4  # subnets scored again on every validation image, per trial to train
+MAX_REJECTED = 5000  # draws in a row outside the window or the latency budget before giving up
 RESCORE = "rescore/"  # the study's user attribute of a subnet's second score, by number
 OnProgress = Callable[[str, int, int], None]
 """``on_progress(phase, done, total)``: ``supernet`` epochs, then ``subnets`` scored."""
@@ -146,7 +149,7 @@ class Scorer:
 
 def _study(out: Path, config: SearchConfig) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     where = storage.open_url(str(out / JOURNAL))
-    study = storage.open_study(where, sampler(config, population=POPULATION), ("accuracy", "macs"))
+    study = storage.open_study(where, sampler(config, population=POPULATION), config.objectives)
     return study, where
 
 
@@ -167,21 +170,25 @@ def _score_subnets(
     known = {t.user_attrs["arch"]: (t.number, t.user_attrs["score"]) for t in scored}
     count = len(scored)
     on_progress("subnets", count, config.subnets)
+    rejected = 0
     while count < config.subnets:
         asked = study.ask()
         arch = draw(asked, config.resolution, config.block_types)
         cost = estimate(arch)
-        asked.set_constraint("macs_below_window", low - cost.macs)
-        asked.set_constraint("macs_over_budget", cost.macs - high)
-        if not low <= cost.macs <= high:
-            study.tell(asked, (0.0, float(cost.macs)))
+        latency = _latency(asked, arch, cost.macs, config)
+        values = (float(cost.macs),) if latency is None else (float(cost.macs), latency)
+        if not (low <= cost.macs <= high and _keeps_limit(latency, config)):
+            study.tell(asked, (0.0, *values))
+            rejected = _rejected(rejected, config)
             continue
+        rejected = 0
         text = arch.to_json()
         for key, value in (
             ("arch", text),
             ("blocks", arch.block_mix),
             ("macs", cost.macs),
             ("params", cost.params),
+            *([] if latency is None else [("latency_ms", latency)]),
         ):
             asked.set_user_attr(key, value)
         if text in known:
@@ -191,9 +198,43 @@ def _score_subnets(
             accuracy = scorer.first(arch)
             known[text] = (asked.number, accuracy)
         asked.set_user_attr("score", accuracy)
-        study.tell(asked, (accuracy, float(cost.macs)))
+        study.tell(asked, (accuracy, *values))
         count += 1
         on_progress("subnets", count, config.subnets)
+
+
+def _latency(asked: optuna.Trial, arch: ArchSpec, macs: int, config: SearchConfig) -> float | None:
+    """Set the draw's constraints (the MAC window, the latency budget); return its predicted
+    latency in ms with a latency device (infinite outside the window: not predicted), else None."""
+    low, high = window(config.budget_macs)
+    asked.set_constraint("macs_below_window", low - macs)
+    asked.set_constraint("macs_over_budget", macs - high)
+    if config.latency_device is None:
+        return None
+    inside = low <= macs <= high
+    latency = latency_limit.predicted_ms(arch, config) if inside else float("inf")
+    if config.latency_limit_ms is not None:
+        over = latency - config.latency_limit_ms if inside else 0.0  # the window's already out
+        asked.set_constraint("latency_over_budget", over)
+    return latency
+
+
+def _keeps_limit(latency: float | None, config: SearchConfig) -> bool:
+    limit = config.latency_limit_ms
+    return latency is None or limit is None or latency <= limit
+
+
+def _rejected(rejected: int, config: SearchConfig) -> int:
+    """One more draw in a row outside the window or the latency budget; ``ValueError`` when
+    there have been ``MAX_REJECTED`` (a budget the space barely reaches)."""
+    rejected += 1
+    if rejected >= MAX_REJECTED:
+        raise ValueError(
+            f"{MAX_REJECTED} draws in a row fell outside the MAC window"
+            + ("" if config.latency_limit_ms is None else " or the latency budget")
+            + "; raise the budget or use --strategy trials"
+        )
+    return rejected
 
 
 def _best_distinct(trials: list[optuna.trial.FrozenTrial], key: Callable) -> list:
@@ -262,9 +303,20 @@ def run(config: SearchConfig, on_progress: OnProgress | None = None) -> None:
 
 def table(out: str | Path) -> pd.DataFrame:
     """Every scored subnet of the run folder, in the order scored: its number, blocks, MACs,
-    parameters, first score, second score (best ones only), architecture and, for a duplicate,
-    the subnet it repeats. Empty without a one-shot search."""
-    columns = ["number", "blocks", "macs", "params", "score", "rescore", "duplicate_of", "arch"]
+    parameters, predicted latency (with a latency device), first score, second score (best ones
+    only), architecture and, for a duplicate, the subnet it repeats. Empty without a one-shot
+    search."""
+    columns = [
+        "number",
+        "blocks",
+        "macs",
+        "params",
+        "latency_ms",
+        "score",
+        "rescore",
+        "duplicate_of",
+        "arch",
+    ]
     path = Path(out) / JOURNAL
     if not path.exists():
         return pd.DataFrame(columns=columns)
@@ -273,7 +325,10 @@ def table(out: str | Path) -> pd.DataFrame:
     rows = [
         {
             "number": t.number,
-            **{key: t.user_attrs.get(key) for key in ("blocks", "macs", "params", "score")},
+            **{
+                key: t.user_attrs.get(key)
+                for key in ("blocks", "macs", "params", "latency_ms", "score")
+            },
             "rescore": rescores.get(RESCORE + str(t.number)),
             "duplicate_of": t.user_attrs.get("duplicate_of"),
             "arch": t.user_attrs["arch"],

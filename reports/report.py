@@ -56,7 +56,7 @@ FILES = {
     "study.journal": "the search's study, with either backend (optuna-dashboard opens it)",
 }
 ONESHOT_FILES = {
-    "subnets.csv": "every subnet the supernet scored: blocks, MACs, params, scores, genotype",
+    "subnets.csv": "every scored subnet: blocks, MACs, params, latency, scores, genotype",
     "oneshot.journal": "the one-shot scoring study (every draw, scored or outside the window)",
     "supernet.pt": "the trained supernet (oneshot.Supernet's state dict; extract a subnet)",
 }

@@ -214,10 +214,6 @@ class SearchConfig:
         refused = {
             "backend": (self.backend != "optuna", "scores subnets in this process (Optuna)"),
             "storage": (self.storage is not None, "keeps its supernet and study in --out"),
-            "latency_device": (
-                self.latency_device is not None,
-                "searches the MAC budget only (latency is not scored yet)",
-            ),
         }
         for name, (given, why) in refused.items():
             if given:

@@ -4,16 +4,18 @@ run's trials, and the runs it refuses before anything trains."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
+import optuna
 import pytest
 
 import run_search
 from oneshot import search as oneshot_search
 from oneshot.space import draw_within, random_within, share_within, window
 from oneshot.supernet import Supernet
-from search import lifecycle, storage
+from search import latency_limit, lifecycle, storage
 from search.config import SearchConfig
 from search.proxy import ProxySettings
 from space.cost import estimate, parse_budget
@@ -137,13 +139,37 @@ def test_a_trial_of_a_one_shot_search_is_a_queued_subnet(tmp_path: Path) -> None
     assert trial.state == "FAIL" and "none was queued" in trial.fail_reason
 
 
+def test_a_latency_budget_limits_every_subnet_scored_and_trained(tmp_path: Path) -> None:
+    """With a latency device the subnets are told their predicted latency as a third objective;
+    with a latency budget none over it is scored, queued or trained."""
+    settings = config(tmp_path, subnets=6, trials=1, supernet_epochs=1, latency_device="cpu")
+    rng = random.Random(0)
+    drawn = [random_within(rng, settings.budget_macs, blocks=("cmt",)) for _ in range(8)]
+    latencies = sorted(latency_limit.predicted_ms(arch, settings) for arch in drawn)
+    settings = dataclasses.replace(settings, latency_budget=f"{latencies[4]:.3f}ms")
+    oneshot_search.run(settings)
+    table = oneshot_search.table(tmp_path)
+    assert len(table) == settings.subnets
+    assert table.latency_ms.notna().all() and (table.latency_ms <= settings.latency_limit_ms).all()
+    study = optuna.load_study(
+        study_name=storage.STUDY_NAME,
+        storage=storage.open_url(str(tmp_path / oneshot_search.JOURNAL)),
+    )
+    assert study.metric_names == ["accuracy", "macs", "latency_ms"]
+    limit = settings.latency_limit_ms
+    over = [t for t in study.trials if limit < t.values[2] < float("inf")]  # in the window
+    assert over and not any("score" in t.user_attrs for t in over)
+    lifecycle.run_trials_locked(settings)
+    (trial,) = storage.records(tmp_path)
+    assert trial.state == "COMPLETE" and trial.latency_ms <= settings.latency_limit_ms
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--backend", "ray"], "--backend does not apply: --strategy oneshot scores subnets"),
         (["--blocks", "all"], "the supernet cannot hold bot, halo, coatnet, maxvit yet"),
         (["--subnets", "3"], "subnets (3) must be at least trials (6)"),
-        (["--latency-device", "cpu"], "--latency-device does not apply"),
     ],
 )
 def test_what_a_one_shot_search_cannot_do_exits_2_before_anything(
