@@ -80,11 +80,16 @@ def _numbers(blocks: tuple[str, ...], resolution: int, num_classes: int) -> int:
     return shared_numbers(blocks, resolution, num_classes)
 
 
+@functools.lru_cache(maxsize=4)
+def _share_within(budget_macs: int, resolution: int, blocks: tuple[str, ...]) -> float:
+    return share_within(budget_macs, resolution, blocks)
+
+
 def check(config: SearchConfig) -> None:
     """``ValueError`` when the one-shot space holds no architecture of the budget's window, or
     when training the supernet would not fit in the device's memory."""
     blocks, budget = config.block_types, config.budget_macs
-    if share_within(budget, config.resolution, blocks) == 0:
+    if _share_within(budget, config.resolution, blocks) == 0:  # checked twice a command: cached
         low, high = window(budget)
         raise ValueError(
             f"no draw of the space without fitting has {low / 1e9:.3g}-{high / 1e9:.3g} GMACs "
@@ -162,22 +167,27 @@ def _scored(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _score_subnets(
-    study: optuna.Study, scorer: Scorer, config: SearchConfig, on_progress: OnProgress
+    study: optuna.Study, scorer: Callable[[], Scorer], config: SearchConfig, on_progress: OnProgress
 ) -> None:
-    """Ask, draw and score subnets until ``config.subnets`` are scored."""
+    """Ask, draw and score subnets (with ``scorer()``) until ``config.subnets`` are scored."""
     low, high = window(config.budget_macs)
     scored = _scored(study)
     known = {t.user_attrs["arch"]: (t.number, t.user_attrs["score"]) for t in scored}
     count = len(scored)
+    if count < config.subnets:
+        scorer()  # the supernet trains (or loads) before the first subnet is drawn
     on_progress("subnets", count, config.subnets)
     rejected = 0
     while count < config.subnets:
         asked = study.ask()
         arch = draw(asked, config.resolution, config.block_types)
         cost = estimate(arch)
-        latency = _latency(asked, arch, cost.macs, config)
+        asked.set_constraint("macs_below_window", low - cost.macs)
+        asked.set_constraint("macs_over_budget", cost.macs - high)
+        inside = low <= cost.macs <= high
+        latency = _latency(asked, arch, inside, config)
         values = (float(cost.macs),) if latency is None else (float(cost.macs), latency)
-        if not (low <= cost.macs <= high and _keeps_limit(latency, config)):
+        if not (inside and _keeps_limit(latency, config)):
             study.tell(asked, (0.0, *values))
             rejected = _rejected(rejected, config)
             continue
@@ -195,7 +205,7 @@ def _score_subnets(
             twin, accuracy = known[text]
             asked.set_user_attr("duplicate_of", twin)
         else:
-            accuracy = scorer.first(arch)
+            accuracy = scorer().first(arch)
             known[text] = (asked.number, accuracy)
         asked.set_user_attr("score", accuracy)
         study.tell(asked, (accuracy, *values))
@@ -203,15 +213,13 @@ def _score_subnets(
         on_progress("subnets", count, config.subnets)
 
 
-def _latency(asked: optuna.Trial, arch: ArchSpec, macs: int, config: SearchConfig) -> float | None:
-    """Set the draw's constraints (the MAC window, the latency budget); return its predicted
-    latency in ms with a latency device (infinite outside the window: not predicted), else None."""
-    low, high = window(config.budget_macs)
-    asked.set_constraint("macs_below_window", low - macs)
-    asked.set_constraint("macs_over_budget", macs - high)
+def _latency(
+    asked: optuna.Trial, arch: ArchSpec, inside: bool, config: SearchConfig
+) -> float | None:
+    """The draw's predicted latency in ms with a latency device (infinite outside the MAC
+    window: not predicted), with its latency-budget constraint set; without one, None."""
     if config.latency_device is None:
         return None
-    inside = low <= macs <= high
     latency = latency_limit.predicted_ms(arch, config) if inside else float("inf")
     if config.latency_limit_ms is not None:
         over = latency - config.latency_limit_ms if inside else 0.0  # the window's already out
@@ -247,14 +255,16 @@ def _best_distinct(trials: list[optuna.trial.FrozenTrial], key: Callable) -> lis
     return out
 
 
-def _rescored(study: optuna.Study, scorer: Scorer, count: int) -> list[optuna.trial.FrozenTrial]:
+def _rescored(
+    study: optuna.Study, scorer: Callable[[], Scorer], count: int
+) -> list[optuna.trial.FrozenTrial]:
     """The best ``count`` subnets by their first score, each scored again on every validation
     image (kept in the study's user attributes), best first by the second score."""
     top = _best_distinct(_scored(study), lambda t: (t.user_attrs["score"], -t.number))[:count]
     for t in top:
         if RESCORE + str(t.number) not in study.user_attrs:
             arch = ArchSpec.from_json(t.user_attrs["arch"])
-            study.set_user_attr(RESCORE + str(t.number), scorer.full(arch))
+            study.set_user_attr(RESCORE + str(t.number), scorer().full(arch))
     rescores = study.user_attrs
     return sorted(top, key=lambda t: (rescores[RESCORE + str(t.number)], -t.number), reverse=True)
 
@@ -271,34 +281,38 @@ def _queue(config: SearchConfig, best: list[optuna.trial.FrozenTrial]) -> None:
 
 def run(config: SearchConfig, on_progress: OnProgress | None = None) -> None:
     """Train the supernet, score the subnets and queue the best in the run's study, each part
-    resumed from what the run folder holds (the caller holds its lock)."""
+    resumed from what the run folder holds (the caller holds its lock). The supernet is built
+    and trained (or loaded) only when a subnet still needs a score."""
     progress = on_progress or (lambda phase, done, total: None)
-    out = Path(config.out)
+    study, where = _study(Path(config.out), config)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # a killed score
+        where.set_trial_state_values(storage.trial_id(where, t.number), TrialState.FAIL)
+    scorer = functools.cache(lambda: _trained_scorer(config, progress))
+    _score_subnets(study, scorer, config, progress)
+    _queue(config, _rescored(study, scorer, RESCORED_PER_TRIAL * config.trials))
+
+
+def _trained_scorer(config: SearchConfig, progress: OnProgress) -> Scorer:
+    """The run's supernet, trained (resumed from its checkpoint), ready to score subnets."""
     data = datasets.load(config.data)
     settings = recipe(config)
-    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     supernet = Supernet(
         resolution=settings.proxy.resolution,
         num_classes=data.num_classes,
         blocks=config.block_types,
-    ).to(device)
+    ).to(resolve_device(config.device))
     train_supernet(
         supernet,
         data,
         settings,
         budget_macs=config.budget_macs,
-        checkpoint=out / CHECKPOINT,
+        checkpoint=Path(config.out) / CHECKPOINT,
         seed=config.seed,
         resolution=config.resolution,
         on_epoch=lambda done, total: progress("supernet", done, total),
     )
-    scorer = Scorer(supernet, data, settings, config.seed)
-    study, where = _study(out, config)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # a killed score
-        where.set_trial_state_values(storage.trial_id(where, t.number), TrialState.FAIL)
-    _score_subnets(study, scorer, config, progress)
-    _queue(config, _rescored(study, scorer, RESCORED_PER_TRIAL * config.trials))
+    return Scorer(supernet, data, settings, config.seed)
 
 
 def table(out: str | Path) -> pd.DataFrame:

@@ -80,8 +80,9 @@ def test_a_killed_one_shot_search_resumes_and_trains_its_best_subnets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed after the supernet's first epoch, then after five subnets scored: each rerun
-    goes on from the checkpoint and the study, nothing computed twice; the best two subnets
-    by their second score become the run's two trials, within the budget."""
+    goes on from the checkpoint and the study, nothing computed twice (once all are scored,
+    the supernet is not even loaded); the best two subnets by their second score become the
+    run's two trials, within the budget."""
     settings = config(tmp_path)
     epochs: list[int] = []
 
@@ -122,6 +123,9 @@ def test_a_killed_one_shot_search_resumes_and_trains_its_best_subnets(
     assert table.macs.between(low, high).all()
     rescored = table[table.rescore.notna()]
     assert len(rescored) == min(oneshot_search.RESCORED_PER_TRIAL * settings.trials, len(table))
+    monkeypatch.setattr(oneshot_search, "Supernet", None)  # all scored: the supernet not loaded
+    oneshot_search.run(settings, kill_at("supernet", 0))
+    assert oneshot_search.table(tmp_path).equals(table)
 
     lifecycle.run_trials_locked(settings)
     trials = storage.records(tmp_path)
