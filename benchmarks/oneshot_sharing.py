@@ -1,7 +1,7 @@
 """What sharing the supernet costs: one architecture trained alone through the supernet, then
 sharing the same training steps with more and more of the one-shot space.
 
-    python benchmarks/oneshot_sharing.py --workers 2           # every variant, 2 epochs
+    python benchmarks/oneshot_sharing.py --workers 2           # every variant, 2 epochs (17 min)
     python benchmarks/oneshot_sharing.py --variants space --epochs 8
 
 The base is the architecture that standalone training ranks first among the fidelity
@@ -12,7 +12,8 @@ proxy recipe, one subnet a step, drawn each step from one variant's set:
 
 - ``alone``: the base only (the supernet's mechanics: this should match standalone training);
 - ``shapes``: the base's block types, each stage's depth, width, heads, ratio and options taken
-  from a random draw of the space with the same type at that stage;
+  from a random draw of the space with the same type at that stage; ``depths``, ``widths``
+  (with heads) and ``options`` (with the ratio): that part of the shapes only;
 - ``type-stage1`` .. ``type-stage4``: the base with that one stage taken from a random draw
   (any block type, its shapes with it);
 - ``space``: random draws of the whole one-shot space (what the search trains and scores).
@@ -55,21 +56,34 @@ from space.genotype import NUM_STAGES, ArchSpec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "oneshot-sharing.jsonl"
 TYPE_VARIANTS = [f"type-stage{i + 1}" for i in range(NUM_STAGES)]
-VARIANTS = ["alone", "shapes", *TYPE_VARIANTS, "space"]
+SHAPE_PARTS = {  # the variants that take part of each stage's shape from a draw
+    "depths": ("depth",),
+    "widths": ("width", "heads"),
+    "options": ("mlp_ratio", "options"),
+    "shapes": ("depth", "width", "heads", "mlp_ratio", "options"),
+}
+VARIANTS = ["alone", *SHAPE_PARTS, *TYPE_VARIANTS, "space"]
 POOL = 2000  # draws of the space whose stages the variants take
 TRIES = 100  # draws until a changed architecture is valid (Dual's pools must agree)
 
 
 def _changed(
-    base: ArchSpec, pool: list[ArchSpec], rng: random.Random, stages: list[int], *, same_type: bool
+    base: ArchSpec,
+    pool: list[ArchSpec],
+    rng: random.Random,
+    stages: list[int],
+    fields: tuple[str, ...] | None = None,
 ) -> ArchSpec:
-    """``base`` with each of ``stages`` taken from a random draw of ``pool`` (one with the same
-    block type at that stage when ``same_type``); redrawn until the whole is valid."""
+    """``base`` with each of ``stages`` taken from a random draw of ``pool`` (any block type),
+    or only its ``fields`` from a draw with the same block type at that stage; redrawn until
+    the whole is valid."""
     for _ in range(TRIES):
         parts = list(base.stages)
         for i in stages:
-            donors = [a for a in pool if not same_type or a.stages[i].block == parts[i].block]
-            parts[i] = rng.choice(donors).stages[i]
+            donors = [a for a in pool if fields is None or a.stages[i].block == parts[i].block]
+            donor = rng.choice(donors).stages[i]
+            taken = {f: getattr(donor, f) for f in fields} if fields else None
+            parts[i] = donor if taken is None else dataclasses.replace(parts[i], **taken)
         try:
             return dataclasses.replace(base, stages=tuple(parts))
         except ValueError:
@@ -83,11 +97,12 @@ def drawer(
     """Each training step's subnet (a list of one) for ``variant`` (see the module docstring)."""
     if variant == "alone":
         return lambda rng: [base]
-    if variant == "shapes":
-        return lambda rng: [_changed(base, pool, rng, list(range(NUM_STAGES)), same_type=True)]
+    if variant in SHAPE_PARTS:
+        every, fields = list(range(NUM_STAGES)), SHAPE_PARTS[variant]
+        return lambda rng: [_changed(base, pool, rng, every, fields)]
     if variant in TYPE_VARIANTS:
         stage = TYPE_VARIANTS.index(variant)
-        return lambda rng: [_changed(base, pool, rng, [stage], same_type=False)]
+        return lambda rng: [_changed(base, pool, rng, [stage])]
     if variant == "space":
         budget, resolution, blocks = config.budget_macs, config.resolution, config.block_types
         return lambda rng: [random_within(rng, budget, resolution, blocks)]
