@@ -48,6 +48,7 @@ from blocks.registry import (
     BLOCKS,
     STEMS,
     BlockOptions,
+    Fused,
     MapChoice,
     SharedChoices,
     Stage,
@@ -357,8 +358,8 @@ class AEWinStage(Stage):
     STRIPES = (1, 2, 7)  # searched stripe widths
     WINDOW = 7  # the window side is not searched
     one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
-    fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
-        r"blocks\.\d+\.attn\.qkv\.(weight|bias)": (0, 3)
+    fused_tensors: ClassVar[dict[str, Fused]] = {
+        r"blocks\.\d+\.attn\.qkv\.(weight|bias)": Fused(0, 3)
     }
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:

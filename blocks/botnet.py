@@ -21,6 +21,7 @@ the block works at any size the proxy gives. At the built size both are exactly 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from blocks.bottleneck import (
     relative_logits_cost,
 )
 from blocks.formulas import Cost, attention, conv
-from blocks.registry import BLOCKS, StagePlan
+from blocks.registry import BLOCKS, Fused, StagePlan
 
 __all__ = ["BoTOptions", "BoTStage", "BottleneckAttention"]
 
@@ -95,6 +96,8 @@ class BoTStage(BottleneckStage):
 
     options_type = BoTOptions
     prefix = "bot"
+    # q, k, v one after another (its relative tables follow the stage's map: shared)
+    fused_tensors: ClassVar[dict[str, Fused]] = {r".+\.middle\.0\.qkv\.weight": Fused(0, 3)}
 
     @classmethod
     def attention(cls, plan: StagePlan, mid: int, stride: int, size: int) -> nn.Module:

@@ -247,6 +247,22 @@ class BottleneckStage(Stage):
     RATIOS: ClassVar[tuple[float, ...]] = (2.0, 4.0)  # searched width / bottleneck width
     HEADS: ClassVar[tuple[int, ...]] = (4, 8)
     SEARCHED_LAYOUTS: ClassVar[tuple[str, ...]] = ("alternate", "attention")
+    one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
+
+    @classmethod
+    def own_tensors(cls, spec: StageLike) -> dict[str, str]:
+        """The norm after a block's middle layer normalises its 3x3 conv or its attention:
+        each keeps its own (which blocks attend depends on the layout, the block's parity and a
+        one-block stage: ``attends``)."""
+        layout, depth = spec.options.layout, spec.depth
+
+        def owner(index: int) -> str:
+            return "attends" if attends(layout, index, depth) else "convs"
+
+        return {
+            r"blocks\.\d*[02468]\.middle\.1\..+": owner(0),
+            r"blocks\.\d*[13579]\.middle\.1\..+": owner(1),
+        }
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()

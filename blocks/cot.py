@@ -37,6 +37,7 @@ from blocks.registry import (
     BLOCKS,
     STEMS,
     BlockOptions,
+    Fused,
     SharedChoices,
     Stage,
     StageChoice,
@@ -220,9 +221,7 @@ class CoTStage(Stage):
     KERNELS = (3, 5)  # searched kernel sizes
     one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
     # the attention embedding reads [x, static context] stacked on its input channels
-    fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
-        r"blocks\.\d+\.cot\.embed\.0\.weight": (1, 2)
-    }
+    fused_tensors: ClassVar[dict[str, Fused]] = {r"blocks\.\d+\.cot\.embed\.0\.weight": Fused(1, 2)}
 
     @classmethod
     def own_tensors(cls, spec: StageLike) -> dict[str, str]:

@@ -49,6 +49,7 @@ from blocks.registry import (
     HEADS,
     STEMS,
     BlockOptions,
+    Fused,
     MapChoice,
     SharedChoices,
     Stage,
@@ -309,9 +310,9 @@ class DualStage(Stage):
     POOLS = (7, 10, 14)  # searched token pools, one per network
     MODES = (("dual",), ("dual",), ("dual", "merge"), ("dual", "merge"))  # searched per stage
     one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
-    fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {
-        r".+\.(kv|pixel_kv)\.(weight|bias)": (0, 2),
-        r".+\.semantic_qkv\.1\.(weight|bias)": (0, 3),
+    fused_tensors: ClassVar[dict[str, Fused]] = {
+        r".+\.(kv|pixel_kv)\.(weight|bias)": Fused(0, 2),
+        r".+\.semantic_qkv\.1\.(weight|bias)": Fused(0, 3),
     }
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:

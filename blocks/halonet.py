@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from blocks.bottleneck import (
 )
 from blocks.formulas import Cost, attention, conv
 from blocks.layers import pad_to_multiple
-from blocks.registry import BLOCKS, StagePlan, TrialLike
+from blocks.registry import BLOCKS, Fused, StageLike, StagePlan, TrialLike
 from common.fields import check_integer
 
 __all__ = ["HaloAttention", "HaloOptions", "HaloStage"]
@@ -119,6 +120,17 @@ class HaloStage(BottleneckStage):
     prefix = "halo"
     BLOCK_SIZES = (4, 8)  # searched query-block sides
     HALOS = (1, 2, 3)  # searched halo widths
+    # k and v head by head (q is its own layer)
+    fused_tensors: ClassVar[dict[str, Fused]] = {
+        r".+\.middle\.0\.kv\.weight": Fused(0, 2, per_head=True)
+    }
+
+    @classmethod
+    def own_tensors(cls, spec: StageLike) -> dict[str, str]:
+        """The relative tables span the query block and its halo: each (block, halo) its own."""
+        options = spec.options
+        window = f"block={options.block},halo={options.halo}"
+        return {**super().own_tensors(spec), r".+\.middle\.0\.(height|width)_rel": window}
 
     @classmethod
     def attention(cls, plan: StagePlan, mid: int, stride: int, size: int) -> nn.Module:

@@ -43,6 +43,7 @@ from blocks.registry import (
     BLOCKS,
     STEMS,
     BlockOptions,
+    Fused,
     MapChoice,
     SharedChoices,
     Stage,
@@ -273,6 +274,18 @@ class MaxViTStage(Stage):
 
     options_type = MaxViTOptions
     PARTS: ClassVar[tuple[int, ...]] = (4, 7)  # searched window and grid sides
+    one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
+    # q, k, v one after another in both attentions
+    fused_tensors: ClassVar[dict[str, Fused]] = {r".+\.attn\.qkv\.(weight|bias)": Fused(0, 3)}
+
+    @classmethod
+    def own_tensors(cls, spec: StageLike) -> dict[str, str]:
+        """A bias table spans the offsets of a window (or grid) side: each side its own."""
+        window, grid = spec.options.window, spec.options.grid
+        return {
+            r".+\.attn_block\.attn\.bias_table": f"window={window}",
+            r".+\.attn_grid\.attn\.bias_table": f"grid={grid}",
+        }
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()

@@ -28,6 +28,7 @@ __all__ = [
     "STEMS",
     "ArchLike",
     "BlockOptions",
+    "Fused",
     "MapChoice",
     "Registry",
     "SharedChoices",
@@ -164,6 +165,16 @@ class MapChoice(NamedTuple):
     effective: tuple
 
 
+class Fused(NamedTuple):
+    """A tensor whose ``dimension`` stacks ``parts`` equal parts (a fused q/k/v layer): one part
+    after another, or ``per_head`` (each head's parts together: head 0's q, k, v, then head 1's).
+    """
+
+    dimension: int
+    parts: int
+    per_head: bool = False
+
+
 class StageChoice(NamedTuple):
     """A stage's drawn heads, MLP (or expansion) ratio and block options."""
 
@@ -211,10 +222,10 @@ class Stage(nn.Module):
     options_type: ClassVar[type[BlockOptions]]
     searchable: ClassVar[bool] = True
     # For the one-shot supernet (``oneshot.supernet``), which runs a stage on slices of tensors
-    # shared by every stage of its type: the tensors whose ``dimension`` stacks ``parts`` equal
-    # parts (a fused q/k/v layer), by a pattern of their name within the stage, so that each part
-    # is sliced alike. ``own_tensors`` names those that cannot be shared across an option's values.
-    fused_tensors: ClassVar[dict[str, tuple[int, int]]] = {}
+    # shared by every stage of its type: the fused tensors (``Fused``), by a pattern of their
+    # name within the stage, so that each part is sliced alike. ``own_tensors`` names those that
+    # cannot be shared across an option's values.
+    fused_tensors: ClassVar[dict[str, Fused]] = {}
     # Whether those declarations have been made for this type (the supernet refuses it until
     # they are: a fused layer sliced as one tensor would share the wrong channels).
     one_shot: ClassVar[bool] = False

@@ -13,32 +13,36 @@ How a subnet's tensor is cut from the shared one (``take``):
 - widths, heads, MLP and bottleneck ratios: the leading channels (the weight entanglement of
   AutoFormer and once-for-all); depth: the first blocks of the stage;
 - a tensor stacking equal parts along a dimension (a fused q/k/v layer, ``Stage.fused_tensors``):
-  the leading channels of each part;
+  the leading channels of each part; parts laid out head by head (HaloNet's k and v) are
+  gathered, per head, from shared parts kept one after another;
 - a convolution kernel smaller than the shared one: its centre (once-for-all's elastic kernel,
   without its transform matrices), e.g. CoT's 3x3 static context inside the 5x5;
 - tensors that cannot be shared across an option's values (``Stage.own_tensors``): one copy per
   value: CMT's key reduction and position-bias table per k, the last layers of CoT's attention
-  embedding per kernel.
+  embedding per kernel, HaloNet's relative tables per (block, halo), MaxViT's bias tables per
+  window and grid side, a bottleneck's middle norm per kind of middle layer.
 
 Everything else is shared across options too: AEWin's head split and stripe (the same q, k, v and
 projection, their channels grouped differently), Dual-ViT's token pool (it has no tensors) and
-block mode (the norms, FFN and layer scales both modes have). Heads split the same leading
-channels into more or fewer heads.
+block mode (the norms, FFN and layer scales both modes have), BoTNet's and HaloNet's layouts (a
+block keeps both its attention and its 3x3 conv). Heads split the same leading channels into
+more or fewer heads. CoAtNet is not declared (``docs/oneshot.md`` says why).
 
 The shared tensors are as large as the largest choice of each stage and type needs, found by
-building every choice of the stage's own draw (``Stage.draw``) at the space's largest depth and
-width on the meta device: for the default space at a 24 px input, 323.6M numbers in 3,822
-tensors (most of them the four types' stages 3 and 4 at 16 and 4 blocks of 384 and 768
-channels), built in about 25 s on a 2-core CPU. They start as the standalone blocks start:
-linear and convolution weights by the backbone's rules at the shared size, every other tensor
-(norms, layer scales, position tables) with the mean and spread a small real model of the type
-starts with.
+building every choice of the stage's own draw (``Stage.draw``) at the space's largest width, in
+a one-block and a three-block stage (``TEMPLATE_DEPTHS``), on the meta device: for the default
+space at a 24 px input, 323.9M numbers (most of them the four types' stages 3 and 4 at 16 and
+4 blocks of 384 and 768 channels), their shapes found in about 11 s on a 2-core CPU. They start
+as the standalone blocks start: linear and convolution weights by the backbone's rules at the
+shared size, every other tensor (norms, layer scales, position tables) with the mean and spread
+a small real model of the type starts with.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -50,7 +54,7 @@ from torch.func import functional_call
 
 from blocks import BLOCKS, HEADS, STEMS, build_model
 from blocks.backbone import Backbone, plan_stages
-from blocks.registry import SharedChoices, Stage, StageChoice
+from blocks.registry import Fused, SharedChoices, Stage, StageChoice
 from space.genotype import NUM_STAGES, ArchSpec, StageSpec
 from space.sampling import DEFAULT_BLOCKS, SHARED, SPACE
 from space.scaling import round_width
@@ -58,28 +62,51 @@ from space.scaling import round_width
 __all__ = ["Supernet", "check_blocks", "every_choice", "shared_numbers", "take", "template"]
 
 _STAGE = re.compile(r"stages\.(\d+)\.(.+)")
+# The stage depths built to find the shared tensors: the first block of a one-block stage, and
+# the first three of a longer one, whose second and third stand for every later block (a
+# layout may alternate: BoTNet's and HaloNet's conv and attention blocks).
+TEMPLATE_DEPTHS = (1, 3)
 _INDEX = re.compile(r"\b(stages|blocks)\.\d+")
 
 
-def take(shared: Tensor, shape: Sequence[int], fused: tuple[int, int] | None = None) -> Tensor:
+def take(
+    shared: Tensor, shape: Sequence[int], fused: Fused | None = None, heads: int = 1
+) -> Tensor:
     """The part of ``shared`` that a subnet's tensor of ``shape`` uses: the leading entries of
     each dimension, the centre of a convolution kernel's two spatial dimensions, and the leading
-    entries of each of ``fused = (dimension, parts)``'s equal parts. A view where it can be."""
+    entries of each of a ``fused`` tensor's parts. The shared tensor keeps its parts one after
+    another; a ``per_head`` subnet tensor (of ``heads`` heads) gathers each head's channels of
+    every part from them. A view where it can be."""
     if len(shape) != shared.dim() or any(n > m for n, m in zip(shape, shared.shape, strict=True)):
         raise ValueError(f"a {tuple(shape)} tensor cannot be cut from {tuple(shared.shape)}")
     out = shared
     for dim, (size, full) in enumerate(zip(shape, shared.shape, strict=True)):
-        if size == full:
+        if fused is not None and fused.dimension == dim:
+            out = _parts(out, dim, size, fused, heads)
+        elif size == full:
             continue
-        if fused is not None and fused[0] == dim:
-            parts = fused[1]
-            out = out.unflatten(dim, (parts, full // parts)).narrow(dim + 1, 0, size // parts)
-            out = out.flatten(dim, dim + 1)
         elif shared.dim() == 4 and dim >= 2:  # a kernel's rows or columns: the centre
             out = out.narrow(dim, (full - size) // 2, size)
         else:
             out = out.narrow(dim, 0, size)
     return out
+
+
+def _parts(shared: Tensor, dim: int, size: int, fused: Fused, heads: int) -> Tensor:
+    """The leading ``size / parts`` channels of each of ``fused``'s parts of ``shared`` along
+    ``dim``: part after part, or (``per_head``) head after head, each head's parts together."""
+    parts, full = fused.parts, shared.shape[dim]
+    width, full_width = size // parts, full // parts
+    if not fused.per_head:
+        if size == full:
+            return shared
+        out = shared.unflatten(dim, (parts, full_width)).narrow(dim + 1, 0, width)
+        return out.flatten(dim, dim + 1)
+    channel = width // heads  # of one head in one part
+    head = torch.arange(heads, device=shared.device).view(heads, 1, 1) * channel
+    part = torch.arange(parts, device=shared.device).view(1, parts, 1) * full_width
+    within = torch.arange(channel, device=shared.device)
+    return shared.index_select(dim, (head + part + within).flatten())
 
 
 class _Replay:
@@ -179,15 +206,16 @@ class Supernet(nn.Module):
         return self._stage_key(stage, arch.stages[stage], match[2])
 
     @staticmethod
-    def _fused(arch: ArchSpec, name: str) -> tuple[int, int] | None:
+    def _fused(arch: ArchSpec, name: str) -> tuple[Fused | None, int]:
+        """Tensor ``name``'s fused parts (None: not fused) and its stage's heads."""
         match = _STAGE.fullmatch(name)
         if match is None:
-            return None
-        stage_type = BLOCKS.get(arch.stages[int(match[1])].block)
-        for pattern, fused in stage_type.fused_tensors.items():
+            return None, 1
+        spec = arch.stages[int(match[1])]
+        for pattern, fused in BLOCKS.get(spec.block).fused_tensors.items():
             if re.fullmatch(pattern, match[2]):
-                return fused
-        return None
+                return fused, spec.heads
+        return None, spec.heads
 
     # -- initialisation --------------------------------------------------------------------
 
@@ -250,7 +278,8 @@ class Supernet(nn.Module):
 
     def tensors(self, arch: ArchSpec) -> dict[str, Tensor]:
         """``arch``'s parameters and buffers, by its model's state-dict names, cut from the
-        shared tensors (views, so that training the subnet trains the supernet)."""
+        shared tensors (views, or gathers for parts laid out head by head: either way training
+        the subnet trains the supernet)."""
         model = template(arch, self.resolution, self.num_classes)
         out = {}
         for name, tensor in model.state_dict(keep_vars=True).items():
@@ -260,7 +289,7 @@ class Supernet(nn.Module):
                     f"{arch.block_mix} is not in this supernet's space ({name} has no shared "
                     "tensor; its block types: " + ", ".join(self.blocks) + ")"
                 )
-            out[name] = take(self.shared(key), tensor.shape, self._fused(arch, name))
+            out[name] = take(self.shared(key), tensor.shape, *self._fused(arch, name))
         return out
 
     def covers(self, arch: ArchSpec) -> bool:
@@ -303,15 +332,16 @@ def check_blocks(blocks: Sequence[str]) -> None:
 def shared_numbers(blocks: Sequence[str], resolution: int, num_classes: int) -> int:
     """How many numbers the supernet of ``blocks`` holds (parameters and buffers), found without
     allocating them."""
-    shapes, _, _ = _shapes(blocks, resolution, num_classes)
+    shapes, _, _ = _shapes(tuple(blocks), resolution, num_classes)
     return sum(math.prod(shape) for shape in shapes.values())
 
 
+@functools.lru_cache(maxsize=4)
 def _shapes(
-    blocks: Sequence[str], resolution: int, num_classes: int
+    blocks: tuple[str, ...], resolution: int, num_classes: int
 ) -> tuple[dict[str, list[int]], dict[str, nn.Module], set[str]]:
     """Each shared tensor's shape (the largest of every choice's), owning module, and which
-    keys are buffers."""
+    keys are buffers (cached: read, never changed, by every supernet of the same space)."""
     shapes: dict[str, list[int]] = {}
     owners: dict[str, nn.Module] = {}
     buffers: set[str] = set()
@@ -339,19 +369,18 @@ def _templates(
             for block in blocks:
                 stage_type = BLOCKS.get(block)
                 neighbours = ["cmt"] + (["dual"] if block == "dual" and stage > 0 else [])
-                for choice in every_choice(stage_type, stage):
-                    # two blocks stand for the stage: every block after the first is shaped
-                    # like the second
-                    spec = _stage_spec(block, stage, choice, 2, widths[stage])
+                for choice, depth, before in itertools.product(
+                    every_choice(stage_type, stage), TEMPLATE_DEPTHS, neighbours
+                ):
+                    spec = _stage_spec(block, stage, choice, depth, widths[stage])
                     if stage == NUM_STAGES - 1:
                         last_widths.append(spec.width)
-                    for before in neighbours:
-                        plan = _plan(stage, spec, before, widths, resolution)
-                        module = plan.stage_type(plan, [0.0] * spec.depth)
-                        for rest, owner, tensor, is_buffer in _tensors(module):
-                            for name in _deeper(rest, depths[stage]):
-                                key = Supernet._stage_key(stage, spec, name)
-                                found.append((key, owner, tensor, is_buffer))
+                    plan = _plan(stage, spec, before, widths, resolution)
+                    module = plan.stage_type(plan, [0.0] * spec.depth)
+                    for rest, owner, tensor, is_buffer in _tensors(module):
+                        for name in _deeper(rest, depths[stage]):
+                            key = Supernet._stage_key(stage, spec, name)
+                            found.append((key, owner, tensor, is_buffer))
         stem = STEMS.get("cmt")(max(SPACE["stem_width"]))
         for rest, owner, tensor, is_buffer in _tensors(stem):
             found.append((f"stem.{rest}", owner, tensor, is_buffer))
@@ -386,11 +415,13 @@ def _plan(stage: int, spec: StageSpec, before: str, widths: list[int], resolutio
 
 
 def _deeper(name: str, depth: int) -> list[str]:
-    """The names in a stage of ``depth`` blocks that the name ``name`` in a two-block stage
-    stands for: a tensor of the second block is every later block's too."""
-    if not name.startswith("blocks.1."):
+    """The names in a stage of ``depth`` blocks that the name ``name`` in a template stage
+    (``TEMPLATE_DEPTHS``) stands for: a tensor of its second or third block is every later
+    block's too."""
+    match = re.match(r"blocks\.([12])\.", name)
+    if match is None:
         return [name]
-    rest = name.removeprefix("blocks.1.")
+    rest = name[match.end() :]
     return [f"blocks.{j}.{rest}" for j in range(1, depth)]
 
 

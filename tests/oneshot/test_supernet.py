@@ -13,6 +13,7 @@ import torch
 from blocks import BLOCKS
 from blocks.cmt import CMTOptions
 from blocks.cot import CoTOptions
+from blocks.registry import Fused
 from oneshot import Supernet, every_choice, take
 from oneshot.space import RandomTrial
 from space.genotype import ArchSpec, StageSpec
@@ -68,6 +69,62 @@ def test_a_subnet_computes_what_its_extracted_model_computes(supernet: Supernet)
     torch.manual_seed(1)
     assert torch.equal(from_supernet, model(x))
     supernet.eval()
+
+
+def test_the_other_hybrid_types_extract_what_the_supernet_computes() -> None:
+    """BoTNet and HaloNet (conv and attention blocks alternating; Halo's k and v fused head by
+    head) and MaxViT (a bias table per window and grid side), in evaluation mode."""
+    blocks = ("bot", "halo", "maxvit")
+    torch.manual_seed(0)
+    supernet = Supernet(resolution=RESOLUTION, num_classes=10, blocks=blocks).eval()
+    rng = random.Random(0)
+    archs = [draw(RandomTrial(rng), blocks=blocks) for _ in range(8)]
+    assert {stage.block for arch in archs for stage in arch.stages} == set(blocks)
+    assert {s.options.layout for a in archs for s in a.stages if s.block != "maxvit"} == {
+        "alternate",
+        "attention",
+    }
+    x = torch.randn(2, 3, RESOLUTION, RESOLUTION)
+    with torch.no_grad():
+        for arch in archs:
+            assert torch.equal(supernet(x, arch), supernet.extract(arch).eval()(x)), arch.block_mix
+
+
+def test_the_other_types_own_what_their_options_change() -> None:
+    """HaloNet's relative tables per (block, halo), the norm after a 3x3 conv apart from the
+    one after attention, k and v gathered head by head; MaxViT's bias tables per side."""
+    from blocks.halonet import HaloOptions
+    from blocks.maxvit import MaxViTOptions
+
+    supernet = Supernet(resolution=RESOLUTION, num_classes=10, blocks=("halo", "maxvit"))
+    widths = (64, 128, 256, 512)
+
+    def halo(**options: object) -> ArchSpec:
+        return one_type("halo", widths, [HaloOptions(**options)] * 4, heads=4)
+
+    small, large = halo(block=4, halo=1), halo(block=8, halo=1)
+    table = "stages.1.blocks.1.middle.0.height_rel"
+    assert supernet.shared_key(small, table) != supernet.shared_key(large, table)
+    norm = "stages.1.blocks.{}.middle.1.weight"
+    alternate = halo(layout="alternate")
+    assert supernet.shared_key(alternate, norm.format(0)).endswith("@convs")
+    assert supernet.shared_key(alternate, norm.format(1)).endswith("@attends")
+    assert supernet.shared_key(halo(), norm.format(0)).endswith("@attends")
+    name = "stages.1.blocks.1.middle.0.kv.weight"  # (2 x 32 bottleneck, 32): heads of 8
+    shared = supernet.shared(supernet.shared_key(small, name))
+    half = shared.shape[0] // 2
+    mine = supernet.tensors(small)[name]
+    for head in range(4):
+        k, v = mine[16 * head : 16 * head + 8], mine[16 * head + 8 : 16 * head + 16]
+        assert torch.equal(k, shared[8 * head : 8 * head + 8, :32])
+        assert torch.equal(v, shared[half + 8 * head : half + 8 * head + 8, :32])
+    four, seven = (
+        one_type("maxvit", widths, [MaxViTOptions(window=w, grid=4)] * 4) for w in (4, 7)
+    )
+    table = "stages.1.blocks.0.attn_block.attn.bias_table"
+    assert supernet.shared_key(four, table) != supernet.shared_key(seven, table)
+    grid = "stages.1.blocks.0.attn_grid.attn.bias_table"
+    assert supernet.shared_key(four, grid) == supernet.shared_key(seven, grid)
 
 
 def test_subnets_share_the_leading_channels(supernet: Supernet) -> None:
@@ -149,8 +206,8 @@ def test_training_a_subnet_trains_only_its_slices() -> None:
 
 
 def test_a_type_without_declared_sharing_is_refused() -> None:
-    with pytest.raises(ValueError, match="cannot hold maxvit yet"):
-        Supernet(resolution=RESOLUTION, num_classes=10, blocks=("cmt", "maxvit"))
+    with pytest.raises(ValueError, match="cannot hold coatnet yet"):
+        Supernet(resolution=RESOLUTION, num_classes=10, blocks=("cmt", "coatnet"))
 
 
 def test_a_subnet_outside_the_space_is_refused() -> None:
@@ -165,23 +222,29 @@ def test_a_subnet_outside_the_space_is_refused() -> None:
 def test_take_cuts_leading_centre_and_fused_parts() -> None:
     shared = torch.arange(6 * 4 * 5 * 5).reshape(6, 4, 5, 5)
     assert torch.equal(take(shared, (2, 3, 3, 3)), shared[:2, :3, 1:4, 1:4])
-    fused = take(shared[:, :, 0, 0], (4, 4), fused=(0, 2))
+    fused = take(shared[:, :, 0, 0], (4, 4), fused=Fused(0, 2))
     assert torch.equal(fused, torch.cat([shared[0:2, :, 0, 0], shared[3:5, :, 0, 0]]))
+    # q, k, v of 4 channels each in two heads of 2, head by head, from parts of 6 channels
+    qkv = torch.arange(18)
+    per_head = take(qkv, (12,), Fused(0, 3, per_head=True), heads=2)
+    assert per_head.tolist() == [0, 1, 6, 7, 12, 13, 2, 3, 8, 9, 14, 15]
     with pytest.raises(ValueError, match="cannot be cut"):
         take(shared, (7, 4, 5, 5))
 
 
 def test_a_subnet_step_through_the_supernet_has_no_host_round_trip() -> None:
-    """On a GPU the slices, the functional call and the backward pass into the shared tensors
-    never wait for the host (the meta device stands for it, as for the standalone blocks)."""
+    """On a GPU the slices (HaloNet's per-head gathers too), the functional call and the
+    backward pass into the shared tensors never wait for the host (the meta device stands for
+    it, as for the standalone blocks)."""
     from tests.blocks.test_host_round_trips import HostTraffic
 
     torch.manual_seed(0)
-    supernet = Supernet(resolution=RESOLUTION, num_classes=10, blocks=("cmt", "dual")).to("meta")
+    blocks = ("cmt", "dual", "halo")
+    supernet = Supernet(resolution=RESOLUTION, num_classes=10, blocks=blocks).to("meta")
     image = torch.empty(4, 3, RESOLUTION, RESOLUTION, device="meta")
     rng = random.Random(2)
-    archs = [draw(RandomTrial(rng), blocks=("cmt", "dual")) for _ in range(3)]
-    assert {stage.block for arch in archs for stage in arch.stages} == {"cmt", "dual"}
+    archs = [draw(RandomTrial(rng), blocks=blocks) for _ in range(3)]
+    assert {stage.block for arch in archs for stage in arch.stages} == set(blocks)
     for arch in archs:
         supernet(image, arch).sum().backward()  # the warm-up pass
         with HostTraffic() as mode:
