@@ -47,6 +47,7 @@ from blocks.registry import (
     HEADS,
     STEMS,
     BlockOptions,
+    Fused,
     SharedChoices,
     Stage,
     StageChoice,
@@ -204,6 +205,20 @@ class CoAtStage(Stage):
 
     options_type = CoAtOptions
     KINDS: ClassVar[tuple[str, ...]] = KINDS
+    one_shot = True  # its tensors' sharing is declared (oneshot.supernet)
+    # the first block attends at the input width, in as many heads as it has groups of the
+    # stage's head channels (``head_channels``): its q/k/v and bias table follow both widths
+    one_shot_every_width = True
+    # q, k, v head by head (the bias table follows the stage's map: shared, leading heads)
+    fused_tensors: ClassVar[dict[str, Fused]] = {
+        r".+\.attn\.qkv\.(weight|bias)": Fused(0, 3, per_head=True)
+    }
+
+    @classmethod
+    def own_tensors(cls, spec: StageLike) -> dict[str, str]:
+        """The two pre-norms normalise an MBConv or an attention block: each kind its own (the
+        width-changing shortcut is the same layer in both, shared)."""
+        return {r"blocks\.\d+\.norm[12]\..+": f"kind={spec.options.kind}"}
 
     def __init__(self, plan: StagePlan, drop_path: Sequence[float]) -> None:
         super().__init__()

@@ -229,6 +229,9 @@ class Stage(nn.Module):
     # Whether those declarations have been made for this type (the supernet refuses it until
     # they are: a fused layer sliced as one tensor would share the wrong channels).
     one_shot: ClassVar[bool] = False
+    # Whether the shapes of its tensors follow its input and own widths beyond leading channels
+    # (CoAtNet's first attention: its heads), so the supernet sizes them from every pair.
+    one_shot_every_width: ClassVar[bool] = False
 
     @staticmethod
     def token_count(spec: StageLike, feature_size: int, tokens_in: int) -> int:

@@ -26,11 +26,13 @@ Everything else is shared across options too: AEWin's head split and stripe (the
 projection, their channels grouped differently), Dual-ViT's token pool (it has no tensors) and
 block mode (the norms, FFN and layer scales both modes have), BoTNet's and HaloNet's layouts (a
 block keeps both its attention and its 3x3 conv). Heads split the same leading channels into
-more or fewer heads. CoAtNet is not declared (``docs/oneshot.md`` says why).
+more or fewer heads (a per-head gather takes the attention's own count: CoAtNet's first block
+attends at its input width, in heads that follow both widths).
 
 The shared tensors are as large as the largest choice of each stage and type needs, found by
-building every choice of the stage's own draw (``Stage.draw``) at the space's largest width, in
-a one-block and a three-block stage (``TEMPLATE_DEPTHS``), on the meta device: for the default
+building every choice of the stage's own draw (``Stage.draw``) at the space's largest width
+(every pair of input and stage widths for ``Stage.one_shot_every_width``), in a one-block and a
+three-block stage (``TEMPLATE_DEPTHS``), on the meta device: for the default
 space at a 24 px input, 323.9M numbers (most of them the four types' stages 3 and 4 at 16 and
 4 blocks of 384 and 768 channels), their shapes found in about 11 s on a 2-core CPU. They start
 as the standalone blocks start: linear and convolution weights by the backbone's rules at the
@@ -206,16 +208,15 @@ class Supernet(nn.Module):
         return self._stage_key(stage, arch.stages[stage], match[2])
 
     @staticmethod
-    def _fused(arch: ArchSpec, name: str) -> tuple[Fused | None, int]:
-        """Tensor ``name``'s fused parts (None: not fused) and its stage's heads."""
+    def _fused(arch: ArchSpec, name: str) -> Fused | None:
         match = _STAGE.fullmatch(name)
         if match is None:
-            return None, 1
-        spec = arch.stages[int(match[1])]
-        for pattern, fused in BLOCKS.get(spec.block).fused_tensors.items():
+            return None
+        stage_type = BLOCKS.get(arch.stages[int(match[1])].block)
+        for pattern, fused in stage_type.fused_tensors.items():
             if re.fullmatch(pattern, match[2]):
-                return fused, spec.heads
-        return None, spec.heads
+                return fused
+        return None
 
     # -- initialisation --------------------------------------------------------------------
 
@@ -289,7 +290,11 @@ class Supernet(nn.Module):
                     f"{arch.block_mix} is not in this supernet's space ({name} has no shared "
                     "tensor; its block types: " + ", ".join(self.blocks) + ")"
                 )
-            out[name] = take(self.shared(key), tensor.shape, *self._fused(arch, name))
+            fused = self._fused(arch, name)
+            heads = 1
+            if fused is not None and fused.per_head:  # the attention's (CoAtNet's first differ)
+                heads = model.get_submodule(name.rsplit(".", 2)[0]).heads
+            out[name] = take(self.shared(key), tensor.shape, fused, heads)
         return out
 
     def covers(self, arch: ArchSpec) -> bool:
@@ -361,7 +366,6 @@ def _templates(
     """(shared key, owning module, tensor, is buffer) of every tensor of every
     choice of every stage and type, and of the stem and head, built on the meta device."""
     found = []
-    widths = [max(w) for w in SPACE["width"]]
     depths = [high for _, high in SPACE["depth"]]
     last_widths = []
     with torch.device("meta"):
@@ -369,13 +373,16 @@ def _templates(
             for block in blocks:
                 stage_type = BLOCKS.get(block)
                 neighbours = ["cmt"] + (["dual"] if block == "dual" and stage > 0 else [])
-                for choice, depth, before in itertools.product(
-                    every_choice(stage_type, stage), TEMPLATE_DEPTHS, neighbours
+                for choice, depth, before, (in_width, width) in itertools.product(
+                    every_choice(stage_type, stage),
+                    TEMPLATE_DEPTHS,
+                    neighbours,
+                    _template_widths(stage_type, stage),
                 ):
-                    spec = _stage_spec(block, stage, choice, depth, widths[stage])
+                    spec = _stage_spec(block, stage, choice, depth, width)
                     if stage == NUM_STAGES - 1:
                         last_widths.append(spec.width)
-                    plan = _plan(stage, spec, before, widths, resolution)
+                    plan = _plan(stage, spec, before, in_width, resolution)
                     module = plan.stage_type(plan, [0.0] * spec.depth)
                     for rest, owner, tensor, is_buffer in _tensors(module):
                         for name in _deeper(rest, depths[stage]):
@@ -393,11 +400,22 @@ def _templates(
     return found
 
 
-def _plan(stage: int, spec: StageSpec, before: str, widths: list[int], resolution: int) -> Any:
-    """The plan of stage ``stage`` = ``spec`` after a ``before`` stage at its largest width."""
-    stages = [_filler("cmt", i, widths[i]) for i in range(NUM_STAGES)]
+def _template_widths(stage_type: type[Stage], stage: int) -> list[tuple[int, int]]:
+    """The (input width, stage width) pairs stage ``stage``'s templates are built at: the
+    largest of each, or every pair for a type whose tensors' shapes follow both
+    (``Stage.one_shot_every_width``)."""
+    inputs = SPACE["stem_width"] if stage == 0 else SPACE["width"][stage - 1]
+    if not stage_type.one_shot_every_width:
+        return [(max(inputs), max(SPACE["width"][stage]))]
+    return list(itertools.product(inputs, SPACE["width"][stage]))
+
+
+def _plan(stage: int, spec: StageSpec, before: str, in_width: int, resolution: int) -> Any:
+    """The plan of stage ``stage`` = ``spec`` after a ``before`` stage (or the stem) of
+    ``in_width`` channels."""
+    stages = [_filler("cmt", i, max(SPACE["width"][i])) for i in range(NUM_STAGES)]
     if stage > 0:
-        previous = _filler(before, stage - 1, widths[stage - 1])
+        previous = _filler(before, stage - 1, in_width)
         if before == "dual" and spec.block == "dual":  # tokens flow: the same token pool
             options = dataclasses.replace(previous.options, pool=spec.options.pool)
             previous = dataclasses.replace(previous, options=options)
@@ -407,7 +425,7 @@ def _plan(stage: int, spec: StageSpec, before: str, widths: list[int], resolutio
         tuple(stages),
         224,
         stem="cmt",
-        stem_width=max(SPACE["stem_width"]),
+        stem_width=in_width if stage == 0 else max(SPACE["stem_width"]),
         head="conv",
         head_width=SPACE["head_width"],
     )

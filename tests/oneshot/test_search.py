@@ -172,7 +172,6 @@ def test_a_latency_budget_limits_every_subnet_scored_and_trained(tmp_path: Path)
     ("args", "message"),
     [
         (["--backend", "ray"], "--backend does not apply: --strategy oneshot scores subnets"),
-        (["--blocks", "all"], "the supernet cannot hold coatnet yet"),
         (["--subnets", "3"], "subnets (3) must be at least trials (6)"),
     ],
 )

@@ -73,14 +73,15 @@ def test_a_subnet_computes_what_its_extracted_model_computes(supernet: Supernet)
 
 def test_the_other_hybrid_types_extract_what_the_supernet_computes() -> None:
     """BoTNet and HaloNet (conv and attention blocks alternating; Halo's k and v fused head by
-    head) and MaxViT (a bias table per window and grid side), in evaluation mode."""
-    blocks = ("bot", "halo", "maxvit")
+    head), MaxViT (a bias table per window and grid side) and CoAtNet (its first attention's
+    heads follow its input width), in evaluation mode."""
+    blocks = ("bot", "halo", "maxvit", "coatnet")
     torch.manual_seed(0)
     supernet = Supernet(resolution=RESOLUTION, num_classes=10, blocks=blocks).eval()
     rng = random.Random(0)
     archs = [draw(RandomTrial(rng), blocks=blocks) for _ in range(8)]
     assert {stage.block for arch in archs for stage in arch.stages} == set(blocks)
-    assert {s.options.layout for a in archs for s in a.stages if s.block != "maxvit"} == {
+    assert {s.options.layout for a in archs for s in a.stages if s.block in ("bot", "halo")} == {
         "alternate",
         "attention",
     }
@@ -205,7 +206,8 @@ def test_training_a_subnet_trains_only_its_slices() -> None:
     assert stats[:384].abs().sum() > 0 and stats[384:].abs().sum() == 0  # hidden 4 x 96
 
 
-def test_a_type_without_declared_sharing_is_refused() -> None:
+def test_a_type_without_declared_sharing_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BLOCKS.get("coatnet"), "one_shot", False)
     with pytest.raises(ValueError, match="cannot hold coatnet yet"):
         Supernet(resolution=RESOLUTION, num_classes=10, blocks=("cmt", "coatnet"))
 
