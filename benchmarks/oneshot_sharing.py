@@ -130,7 +130,7 @@ def measure(
     torch.manual_seed(seed)
     supernet = Supernet(
         resolution=recipe.proxy.resolution, num_classes=data.num_classes, blocks=config.block_types
-    )
+    ).to(device)
     started = time.perf_counter()
     checkpoint = RESULTS.parent / f".oneshot-sharing-{variant}.pt"  # removed at the end
     losses = train_supernet(

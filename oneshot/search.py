@@ -76,11 +76,6 @@ def recipe(config: SearchConfig) -> SupernetRecipe:
 
 
 @functools.lru_cache(maxsize=4)
-def _numbers(blocks: tuple[str, ...], resolution: int, num_classes: int) -> int:
-    return shared_numbers(blocks, resolution, num_classes)
-
-
-@functools.lru_cache(maxsize=4)
 def _share_within(budget_macs: int, resolution: int, blocks: tuple[str, ...]) -> float:
     return share_within(budget_macs, resolution, blocks)
 
@@ -97,7 +92,7 @@ def check(config: SearchConfig) -> None:
         )
     data = datasets.load(config.data)
     settings = recipe(config).proxy
-    numbers = _numbers(blocks, settings.resolution, data.num_classes)
+    numbers = shared_numbers(blocks, settings.resolution, data.num_classes)  # shapes cached
     largest = largest_within(budget, config.resolution, blocks)
     activations = training_bytes(
         largest, data.num_classes, settings.resolution, settings.batch_size
